@@ -1,0 +1,16 @@
+# The README's two commands: `make demo` and `make test`. Each sets up .venv/ first if needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+export VENV
+
+.PHONY: setup demo test
+setup:
+	@bash tools/setup_env.sh
+
+## demo: train RetinaNet-PoolFormer-S12 on the carried tiny COCO set (CPU ok), evaluate, draw detections
+demo: setup
+	$(PY) tools/run_demo.py
+
+## test: the test suite (what CI runs)
+test: setup
+	$(PY) -m pytest tests -q -ra

@@ -1,0 +1,225 @@
+"""The MetaFormer dense-prediction backbone (PoolFormer v1/v2, ConvFormer, CAFormer).
+
+PoolFormer: "MetaFormer Is Actually What You Need for Vision" (Yu et al., CVPR 2022).
+ConvFormer / CAFormer / PoolFormerV2: "MetaFormer Baselines for Vision" (Yu et al., TPAMI 2024).
+
+The blocks, stems and stages are timm's (``timm.models.metaformer``); this module only
+(1) drops timm's classifier head, (2) adds one ``GroupNorm(1, C)`` on every emitted stage output,
+as the papers' detection and segmentation backbones do, and (3) speaks OpenMMLab's backbone
+vocabulary (``out_indices``, ``frozen_stages``, ``norm_eval``, ``with_cp``, ``init_cfg``).
+It depends on torch, timm and mmengine only; the mmdet / mmseg plugins register it.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Sequence, Tuple
+
+import timm
+import torch
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from torch import nn
+
+from .checkpoint import (CheckpointError, backbone_state_dict, convert_state_dict,
+                         extract_state_dict, read_checkpoint)
+
+__all__ = ['MetaFormerBackbone', 'ARCHS']
+
+#: Every MetaFormer variant timm ships: ``poolformer_{s12,...}``, ``poolformerv2_*``, ``convformer_*``,
+#: ``caformer_*``.
+ARCHS: Tuple[str, ...] = tuple(sorted(
+    n for n in timm.list_models(module='metaformer')))
+# mmpretrain-style short names for the PoolFormer v1 sizes.
+_SHORT = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
+
+_NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
+
+
+class MetaFormerBackbone(BaseModule):
+    """MetaFormer backbone emitting normalised multi-scale stage features.
+
+    Args:
+        arch: A timm MetaFormer name (see :data:`ARCHS`, e.g. ``'poolformer_s12'``,
+            ``'convformer_s18'``); ``'s12'`` ... ``'m48'`` are short for PoolFormer v1.
+        in_channels: Input image channels.
+        out_indices: Stages (0..3) whose outputs are returned, each after its own
+            ``GroupNorm(1, C)``. Stages after the last index are not built.
+        frozen_stages: ``-1`` freezes nothing, ``0`` the stem, ``k`` the stem and the first
+            ``k`` stages (with their output norms), as mmdet's ResNet and Swin count.
+        norm_eval: Keep normalisation layers in eval mode while training. MetaFormers use
+            GroupNorm / LayerNorm, which keep no running statistics, so this only matters for
+            code that inspects ``.training``; it is accepted for config compatibility.
+        drop_path_rate: Stochastic depth rate, increasing linearly over blocks (timm's rule).
+        with_cp: Checkpoint block activations to save memory at the cost of recomputation.
+        init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
+            official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
+            checkpoints and reports missing and unexpected keys.
+    """
+
+    def __init__(self,
+                 arch: str = 'poolformer_s12',
+                 in_channels: int = 3,
+                 out_indices: Sequence[int] = (0, 1, 2, 3),
+                 frozen_stages: int = -1,
+                 norm_eval: bool = False,
+                 drop_path_rate: float = 0.0,
+                 with_cp: bool = False,
+                 init_cfg: Optional[dict] = None):
+        super().__init__(init_cfg=init_cfg)
+        arch = _SHORT.get(arch, arch)
+        if arch not in ARCHS:
+            raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
+        if isinstance(out_indices, int):
+            out_indices = (out_indices,)
+        out_indices = tuple(out_indices)
+        if not out_indices or any(not isinstance(i, int) or not 0 <= i <= 3 for i in out_indices) \
+                or len(set(out_indices)) != len(out_indices) or list(out_indices) != sorted(out_indices):
+            raise ValueError(f'out_indices must be distinct increasing stage indices in 0..3, got {out_indices}')
+        if not isinstance(frozen_stages, int) or not -1 <= frozen_stages <= 4:
+            raise ValueError(f'frozen_stages must be an int in -1..4 (-1: nothing, 0: stem, '
+                             f'k: stem + first k stages), got {frozen_stages!r}')
+        if not 0.0 <= float(drop_path_rate) < 1.0:
+            raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+
+        self.arch = arch
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.with_cp = with_cp
+
+        body = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels,
+                                 drop_path_rate=drop_path_rate)
+        last = max(out_indices)
+        self.stem = body.stem
+        self.stages = body.stages[:last + 1]
+        info = body.feature_info[:last + 1]
+        self.out_norms = nn.ModuleDict(
+            {str(i): nn.GroupNorm(1, info[i]['num_chs']) for i in out_indices})
+        for stage in self.stages:
+            stage.set_grad_checkpointing(with_cp)
+        #: Channels and strides of the emitted features, in output order.
+        self.out_channels: Tuple[int, ...] = tuple(info[i]['num_chs'] for i in out_indices)
+        self.strides: Tuple[int, ...] = tuple(info[i]['reduction'] for i in out_indices)
+        self.depths: Tuple[int, ...] = tuple(len(s.blocks) for s in body.stages)
+        self.dims: Tuple[int, ...] = tuple(f['num_chs'] for f in body.feature_info)
+        del body  # the classifier head is not kept
+        self._freeze_stages()
+
+    # ------------------------------------------------------------------------------------------
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        x = self.stem(x)
+        outs = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                outs.append(self.out_norms[str(i)](x))
+        return tuple(outs)
+
+    # ------------------------------------------------------------------------------------------
+    def _freeze_stages(self) -> None:
+        frozen = []
+        if self.frozen_stages >= 0:
+            frozen.append(self.stem)
+        for i in range(min(self.frozen_stages, len(self.stages))):
+            frozen.append(self.stages[i])
+            if str(i) in self.out_norms:
+                frozen.append(self.out_norms[str(i)])
+        for module in frozen:
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _NORM_TYPES):
+                    m.eval()
+        return self
+
+    # ------------------------------------------------------------------------------------------
+    def init_weights(self) -> None:
+        cfg = self.init_cfg
+        if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained':
+            if not cfg.get('checkpoint'):
+                raise ValueError("init_cfg=dict(type='Pretrained') needs checkpoint=PATH")
+            self.load_pretrained(cfg['checkpoint'])
+            self._is_init = True
+        else:
+            super().init_weights()
+
+    def load_pretrained(self, path: str) -> Dict[str, list]:
+        """Load backbone weights from a checkpoint file in any supported layout.
+
+        ImageNet checkpoints carry no output norms; those stay freshly initialised and are
+        reported as missing. Classifier weights are dropped and reported.
+
+        Returns:
+            ``{'missing': [...], 'unexpected': [...], 'dropped': [...]}``.
+
+        Raises:
+            CheckpointError: unreadable file, or weights for another architecture.
+        """
+        state = backbone_state_dict(extract_state_dict(read_checkpoint(path)))
+        own = self.state_dict()
+        conv = convert_state_dict(state, reference=own)
+        sd = conv.state_dict
+        self._check_arch(sd, own, path)
+        missing = [k for k in own if k not in sd]
+        body_missing = [k for k in missing if not k.startswith('out_norms.')]
+        if body_missing:
+            raise CheckpointError(
+                f'checkpoint {path!r} lacks {len(body_missing)} backbone weights of {self.arch} '
+                f'(first: {body_missing[:3]}); {self._describe(sd)}')
+        # Weights of stages this backbone does not build (out_indices stop early) are unused.
+        unexpected = [k for k in sd if k not in own]
+        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
+        report = dict(missing=missing, unexpected=unexpected, dropped=conv.dropped)
+        print_log(f'Loaded {conv.source_format} checkpoint {path} into {self.arch}: '
+                  f'{len(sd) - len(unexpected)} tensors; missing (freshly initialised) '
+                  f'{missing or "none"}; unexpected (unused) {unexpected or "none"}; '
+                  f'dropped classifier keys {conv.dropped or "none"}', logger='current')
+        return report
+
+    def _describe(self, sd: Dict[str, torch.Tensor]) -> str:
+        depths = []
+        for i in range(4):
+            blocks = {k.split('.')[3] for k in sd if k.startswith(f'stages.{i}.blocks.')}
+            depths.append(len(blocks))
+        dims = sd['stem.conv.weight'].shape[0] if 'stem.conv.weight' in sd else '?'
+        return (f'the checkpoint has stage depths {tuple(depths)} and stem width {dims}; '
+                f'{self.arch} has depths {self.depths} and widths {self.dims}: '
+                'is it a checkpoint for another arch?')
+
+    def _check_arch(self, sd, own, path) -> None:
+        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+               if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        if bad:
+            lines = '; '.join(f'{k}: checkpoint {s} vs model {m}' for k, s, m in bad[:3])
+            raise CheckpointError(f'checkpoint {path!r} does not fit {self.arch}: {len(bad)} shape '
+                                  f'mismatches ({lines}); {self._describe(sd)}')
+
+    # ------------------------------------------------------------------------------------------
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
+                              unexpected_keys, error_msgs):
+        # Whole-model loading (mmengine.runner.load_checkpoint(detector, ...), torch's
+        # load_state_dict) reaches the backbone with keys under `prefix`. Keys in another layout
+        # (official, mmpretrain, paper release, timm) are renamed here, in place, before the
+        # children read them, so such checkpoints load strictly into a whole detector.
+        mine = [k for k in state_dict if k.startswith(prefix)]
+        if mine:
+            local = {k[len(prefix):]: state_dict[k] for k in mine}
+            try:
+                conv = convert_state_dict(local, reference=self.state_dict())
+            except CheckpointError as exc:
+                error_msgs.append(f'backbone weights under {prefix!r}: {exc}')
+                conv = None
+            if conv is not None and conv.source_format != 'toolkit':
+                for k in mine:
+                    del state_dict[k]
+                for k, v in conv.state_dict.items():
+                    state_dict[prefix + k] = v
+                for k in conv.dropped:  # left in place so strict loading reports them
+                    state_dict[prefix + k] = local[k]
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
