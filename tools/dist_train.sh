@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Train with GPUS processes on this machine through torchrun (tools/train.py --launcher pytorch).
+# Usage: tools/dist_train.sh CONFIG GPUS [train.py args...]
+# On a machine without CUDA the processes train on CPU with the gloo backend.
+# Multi-node: set NNODES, NODE_RANK and MASTER_ADDR on every node; PORT picks the rendezvous port.
+# PYTHON picks the interpreter (default: the repository's .venv if present, else python).
+set -euo pipefail
+if [ $# -lt 2 ]; then
+    echo "usage: $0 CONFIG GPUS [tools/train.py args...]" >&2
+    exit 2
+fi
+CONFIG=$1
+GPUS=$2
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+if [ -z "${PYTHON:-}" ]; then
+    if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
+fi
+PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m torch.distributed.run \
+    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
+    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
+    --nproc_per_node="$GPUS" \
+    "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"

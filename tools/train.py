@@ -1,0 +1,104 @@
+"""Train an mmdet detector or an mmseg segmentor from a config (MetaFormer backbones included).
+
+The config's ``default_scope`` ('mmdet' or 'mmseg') decides which library (and which plugin of
+this project) is imported. Checkpoints are written atomically, and ``--resume`` continues from
+the last complete one. Examples:
+
+    python tools/train.py configs/retinanet_poolformer_s12.py
+    python tools/train.py configs/semantic_fpn_poolformer_s12.py --work-dir work_dirs/fpn_s12
+    python tools/train.py CONFIG --resume                  # latest checkpoint in the work dir
+    python tools/train.py CONFIG --resume work_dirs/x/epoch_4.pth
+    python tools/train.py CONFIG --cfg-options train_dataloader.dataset.data_root=/data/coco/
+    tools/dist_train.sh CONFIG 8 --auto-scale-lr           # 8 processes (GPUs, or CPU with gloo)
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+from mmengine.device import get_device
+from mmengine.logging import print_log
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+from metaformer_dense.runner_utils import (check_dataset_paths, find_resumable_checkpoint,
+                                           load_config, setup_distributed, use_atomic_checkpoints)
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='config file (mmdet or mmseg)')
+    parser.add_argument('--work-dir', help='logs and checkpoints (default: work_dirs/CONFIG_NAME)')
+    parser.add_argument(
+        '--resume', nargs='?', const='auto', metavar='CHECKPOINT',
+        help='resume training (weights, optimizer, LR schedule, iteration) from CHECKPOINT, or, '
+        'with no value, from the latest checkpoint in the work dir')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (needs a GPU)')
+    parser.add_argument(
+        '--auto-scale-lr', action='store_true',
+        help="scale lr by (total batch size / the config's auto_scale_lr.base_batch_size)")
+    parser.add_argument(
+        '--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+        help='override config entries, e.g. train_dataloader.batch_size=4 '
+        'optim_wrapper.optimizer.lr=2e-4')
+    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
+                        help='how the processes were started (set by tools/dist_train.sh etc.)')
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0,
+                        help='set by torch.distributed.launch; torchrun uses $LOCAL_RANK')
+    args = parser.parse_args()
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def apply_args(cfg, args: argparse.Namespace) -> None:
+    """Fold the command-line flags into ``cfg``; raise ValueError on a flag that cannot apply."""
+    cfg.launcher = args.launcher
+    cfg.work_dir = (args.work_dir or cfg.get('work_dir')
+                    or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
+    if args.amp:
+        if get_device() == 'cpu':
+            raise ValueError('--amp needs a GPU (or NPU/MLU/MUSA); none is visible here.')
+        if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
+            cfg.optim_wrapper.type = 'AmpOptimWrapper'
+            cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
+        elif cfg.optim_wrapper.type != 'AmpOptimWrapper':
+            raise ValueError(f'--amp: optim_wrapper type {cfg.optim_wrapper.type} is not '
+                             'OptimWrapper; set mixed precision in the config instead.')
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in (cfg.get('auto_scale_lr') or {}):
+            raise ValueError('--auto-scale-lr: the config has no auto_scale_lr.base_batch_size '
+                             '(the total batch size its lr was set for).')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        checkpoint = find_resumable_checkpoint(cfg.work_dir)
+        if checkpoint is None:
+            print_log(f'--resume: no checkpoint in {cfg.work_dir} yet; training from the start.',
+                      logger='current')
+        else:
+            cfg.resume, cfg.load_from = True, checkpoint
+    elif args.resume is not None:
+        if '://' not in args.resume and not osp.isfile(args.resume):
+            raise ValueError(f'--resume: checkpoint not found: {args.resume}')
+        cfg.resume, cfg.load_from = True, args.resume
+
+
+def main() -> None:
+    args = parse_args()
+    try:
+        cfg = load_config(args.config, args.cfg_options)
+        apply_args(cfg, args)
+        validating = cfg.get('val_cfg') and cfg.get('val_dataloader')
+        check_dataset_paths(cfg, ['train_dataloader'] +
+                            (['val_dataloader', 'val_evaluator'] if validating else []))
+    except (FileNotFoundError, ValueError) as err:
+        sys.exit(f'error: {err}')
+    setup_distributed(cfg, args.launcher)
+    use_atomic_checkpoints(cfg)
+    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    runner.train()
+
+
+if __name__ == '__main__':
+    main()
