@@ -1,0 +1,9 @@
+# Mask R-CNN with a ConvFormer-S18 backbone (MetaFormer baselines), COCO 1x, PoolFormer's
+# Mask R-CNN recipe. Stage widths 64-128-320-512 as in PoolFormer-S12, so the FPN is unchanged.
+# ImageNet weights: timm `convformer_s18` (.safetensors/.pth) or the official release.
+_base_ = './mask_rcnn_poolformer_s12.py'
+
+model = dict(
+    backbone=dict(
+        arch='convformer_s18',
+        init_cfg=dict(checkpoint='checkpoints/convformer_s18.pth')))

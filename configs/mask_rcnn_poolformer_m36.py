@@ -1,0 +1,11 @@
+# Mask R-CNN, PoolFormer-M36 backbone, COCO 1x (same recipe as S12; no published COCO result).
+# M sizes are wider: stage widths 96-192-384-768, so the FPN input widths change with them.
+_base_ = './mask_rcnn_poolformer_s12.py'
+
+backbone_out_channels = [96, 192, 384, 768]
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_m36',
+        init_cfg=dict(checkpoint='checkpoints/poolformer_m36.pth.tar')),
+    neck=dict(in_channels=backbone_out_channels))

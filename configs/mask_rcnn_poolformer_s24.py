@@ -1,0 +1,8 @@
+# Mask R-CNN, PoolFormer-S24 backbone, COCO 1x. Paper: 41.0 M params, 40.1 box AP, 37.0 mask AP.
+# Same recipe and widths as S12 (depths 4-4-12-4).
+_base_ = './mask_rcnn_poolformer_s12.py'
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_s24',
+        init_cfg=dict(checkpoint='checkpoints/poolformer_s24.pth.tar')))

@@ -1,0 +1,8 @@
+# RetinaNet, PoolFormer-S36 backbone, COCO 1x. Paper: 40.6 M params, 39.5 box AP.
+# Same recipe and widths as S12 (depths 6-6-18-6).
+_base_ = './retinanet_poolformer_s12.py'
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_s36',
+        init_cfg=dict(checkpoint='checkpoints/poolformer_s36.pth.tar')))
