@@ -218,13 +218,16 @@ def read_checkpoint(path: str) -> dict:
         return torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as exc:
         msg = str(exc)
-        if 'Weights only load failed' in msg or 'Unsupported global' in msg:
+        found = re.search(r'GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)', msg)
+        if found:
+            name = found.group(1) or found.group(2)
             raise CheckpointError(
-                f'checkpoint {path!r} contains Python objects other than tensors and plain '
-                'containers, which are refused because unpickling them can run code. If you '
-                'trust the file, re-save only its state dict: '
+                f'checkpoint {path!r} contains a pickled Python object ({name}) that is not a '
+                'tensor or plain container; it was refused, because unpickling it could run code. '
+                'If you trust the file, re-save only its weights: '
                 "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)") from exc
-        raise CheckpointError(f'{path!r} is not a PyTorch checkpoint, or it is corrupt ({msg})') from exc
+        raise CheckpointError(f'{path!r} is not a PyTorch checkpoint (nor safetensors), or it is '
+                              'corrupt: its bytes do not parse as one') from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
         raise CheckpointError(f'{path!r} is not a readable PyTorch checkpoint; it is probably '
                               f'truncated or corrupt ({type(exc).__name__}: {exc})') from exc

@@ -30,7 +30,8 @@ def _randomize(module, seed):
 
 
 def _reference(size, seed=0, norms=True):
-    ref = mmpretrain_backbones.PoolFormer(arch=size, out_indices=(0, 2, 4, 6)).eval()
+    ref = mmpretrain_backbones.PoolFormer(arch=size, out_indices=(0, 2, 4, 6))
+    ref.eval()  # mmpretrain's train() returns None, so no chaining
     _randomize(ref, seed)
     if not norms:  # formats without output norms: compare against freshly initialised norms
         for i in (0, 2, 4, 6):
@@ -220,3 +221,30 @@ def test_not_a_checkpoint_is_a_clear_error(tmp_path):
     model = MetaFormerBackbone(init_cfg=dict(type='Pretrained', checkpoint=str(tmp_path / 'other.pth')))
     with pytest.raises(CheckpointError, match='not a MetaFormer'):
         model.init_weights()
+
+
+class _Payload:
+    """Unpickling this runs code: it would create the file named by `target`."""
+
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (open, (self.target, 'w'))
+
+
+def test_pickle_payload_is_not_executed(tmp_path):
+    from mmengine.runner import load_checkpoint
+    target = tmp_path / 'pwned'
+    sd = {f'backbone.{k}': v for k, v in MetaFormerBackbone('poolformer_s12').state_dict().items()}
+    path = tmp_path / 'evil.pth'
+    torch.save({'state_dict': sd, 'meta': {'note': _Payload(str(target))}}, path)
+    # backbone Pretrained init: our reader refuses it and names the object
+    model = MetaFormerBackbone(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    with pytest.raises(CheckpointError, match=r'pickled Python object \((io|builtins).open\).*refused'):
+        model.init_weights()
+    # whole-model loading through mmengine (after the plugins' allow-list is installed)
+    import mmdet_plugin  # noqa: F401
+    with pytest.raises(Exception, match='Weights only load failed'):
+        load_checkpoint(_Detector('s12'), str(path), strict=True)
+    assert not target.exists()

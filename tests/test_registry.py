@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent('''
     class Block:
         def find_spec(self, name, path=None, target=None):
             if name.split('.')[0] in BLOCKED:
-                raise ImportError(f'{{name}} is blocked for this test')
+                raise ModuleNotFoundError(f'No module named {{name!r}} (blocked for this test)')
     sys.meta_path.insert(0, Block())
 
     from mmengine.config import Config
