@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime
 import importlib
+import logging
 import os
 import os.path as osp
 import re
@@ -34,6 +35,7 @@ from mmengine.dist import is_main_process
 from mmengine.evaluator import DumpResults
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.logging import print_log
 from mmengine.registry import HOOKS
 
 __all__ = [
@@ -49,7 +51,7 @@ _CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
 
 class DatasetNotFoundError(FileNotFoundError):
-    """A config's dataset files are not where it says; the message says how to point it elsewhere."""
+    """A config's dataset files are not where it says; the message says how to move them."""
 
 
 def load_config(path: str, cfg_options: Optional[dict] = None) -> Config:
@@ -198,15 +200,30 @@ def _rank_and_world(launcher: str) -> tuple[int, int, int]:
     raise ValueError(f"launcher must be 'none', 'pytorch', 'slurm' or 'mpi', got {launcher!r}")
 
 
+def _sync_bn_to_bn(node: Any) -> int:
+    """Replace ``norm_cfg`` types 'SyncBN' / 'MMSyncBN' by 'BN' in place; return how many."""
+    count = 0
+    if isinstance(node, dict):
+        if node.get('type') in ('SyncBN', 'MMSyncBN'):
+            node['type'] = 'BN'
+            count += 1
+        for value in node.values():
+            count += _sync_bn_to_bn(value)
+    elif isinstance(node, (list, tuple)):
+        count += sum(_sync_bn_to_bn(value) for value in node)
+    return count
+
+
 def setup_distributed(cfg: Config, launcher: str) -> None:
     """Prepare ``cfg`` for ``launcher`` and, on machines without CUDA, start the process group.
 
     With CUDA present nothing is started: mmengine's own launcher (nccl by default) does it
     inside the Runner. Without CUDA the config is switched to gloo, the process group is started
-    here, and DDP is told not to pin the model to a device (CPU modules take ``device_ids=None``).
+    here, DDP is told not to pin the model to a device (CPU modules take ``device_ids=None``),
+    and SyncBN layers (GPU-only in torch; mmseg's heads use them) become plain BN.
 
     Args:
-        cfg: Config, edited in place (``env_cfg.dist_cfg``, ``model_wrapper_cfg``).
+        cfg: Config, edited in place (``env_cfg.dist_cfg``, ``model_wrapper_cfg``, ``model``).
         launcher: 'none', 'pytorch', 'slurm' or 'mpi'.
     """
     if launcher == 'none' or torch.cuda.is_available():
@@ -224,6 +241,12 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
     if wrapper.get('type', 'MMDistributedDataParallel') == 'MMDistributedDataParallel':
         wrapper['device_ids'] = None  # the Runner would pass [LOCAL_RANK], which CPU DDP rejects
     cfg.model_wrapper_cfg = wrapper
+
+    replaced = _sync_bn_to_bn(cfg.model)
+    if replaced:
+        print_log(f'No CUDA: {replaced} SyncBN layers of the config become per-process BN '
+                  '(torch SyncBatchNorm runs on GPUs only).', logger='current',
+                  level=logging.WARNING)
 
     if not dist.is_initialized():
         timeout = dist_cfg.get('timeout')

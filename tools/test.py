@@ -18,12 +18,7 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import ConfigDict, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
-                                           setup_distributed)
+from mmengine.config import ConfigDict, DictAction  # light; the heavy imports wait for main
 
 
 def parse_args() -> argparse.Namespace:
@@ -78,6 +73,11 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
+                                               setup_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)

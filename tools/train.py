@@ -16,14 +16,7 @@ import os
 import os.path as osp
 import sys
 
-from mmengine.config import DictAction
-from mmengine.device import get_device
-from mmengine.logging import print_log
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
-
-from metaformer_dense.runner_utils import (check_dataset_paths, find_resumable_checkpoint,
-                                           load_config, setup_distributed, use_atomic_checkpoints)
+from mmengine.config import DictAction  # light; the heavy imports wait until after --help
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,6 +47,11 @@ def parse_args() -> argparse.Namespace:
 
 def apply_args(cfg, args: argparse.Namespace) -> None:
     """Fold the command-line flags into ``cfg``; raise ValueError on a flag that cannot apply."""
+    from mmengine.device import get_device
+    from mmengine.logging import print_log
+
+    from metaformer_dense.runner_utils import find_resumable_checkpoint
+
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
                     or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
@@ -86,6 +84,11 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
+    from mmengine.registry import RUNNERS
+    from mmengine.runner import Runner
+
+    from metaformer_dense.runner_utils import (check_dataset_paths, load_config,
+                                               setup_distributed, use_atomic_checkpoints)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)

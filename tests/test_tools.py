@@ -1,0 +1,236 @@
+"""End-to-end tests of tools/train.py, tools/test.py and tools/dist_train.sh, run for real on CPU.
+
+Every tool runs as a subprocess on the tiny configs in tests/configs/ (96 px detection images or
+64 px segmentation crops, two images, at most six iterations), so the whole file takes a couple
+of minutes on two cores.
+"""
+import json
+import os
+import pickle
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from metaformer_dense import allow_runner_checkpoints
+from metaformer_dense.runner_utils import (DatasetNotFoundError, check_dataset_paths,
+                                           find_resumable_checkpoint)
+
+REPO = Path(__file__).resolve().parents[1]
+DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
+SEG_CFG = REPO / 'tests/configs/semantic_fpn_poolformer_s12_tools.py'
+# CPU runs everywhere (gloo for the multi-process ones), also on a machine that has a GPU.
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='')
+
+
+def run(*args, cwd=REPO, env=None, ok=True) -> subprocess.CompletedProcess:
+    """Run a tool; with ``ok`` fail the test with its output unless it exits 0."""
+    cmd = list(map(str, args))
+    if cmd[0].endswith('.py'):
+        cmd.insert(0, sys.executable)
+    proc = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True,
+                          timeout=400)
+    if ok:
+        assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
+    return proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def logged_scalars(work_dir: Path) -> list:
+    """Per run (oldest first), the training records of ``<timestamp>/vis_data/scalars.json``."""
+    runs = []
+    for path in sorted(work_dir.glob('*/vis_data/scalars.json')):
+        records = [json.loads(line) for line in path.read_text().splitlines()]
+        runs.append([r for r in records if 'lr' in r])
+    return runs
+
+
+def load_checkpoint(path) -> dict:
+    """Load a runner checkpoint the safe way, as ``--resume`` does on torch >= 2.6."""
+    allow_runner_checkpoints()
+    return torch.load(path, map_location='cpu', weights_only=True)
+
+
+def expected_lrs(cfg_path: Path) -> list:
+    """The lr of each iteration per the config's schedule, computed by mmengine itself."""
+    from mmengine.optim.scheduler import LinearLR
+    cfg = Config.fromfile(str(cfg_path), import_custom_modules=False)
+    (sched_cfg,) = cfg.param_scheduler
+    assert sched_cfg['type'] == 'LinearLR'
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)],
+                                lr=cfg.optim_wrapper.optimizer.lr)
+    scheduler = LinearLR(optimizer, **{k: v for k, v in sched_cfg.items() if k != 'type'})
+    lrs = []
+    for _ in range(cfg.train_cfg.max_iters):
+        lrs.append(optimizer.param_groups[0]['lr'])
+        optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+@pytest.fixture(scope='module')
+def resumed_run(tmp_path_factory):
+    """Train the tiny detector, SIGKILL it while it writes its second checkpoint, resume.
+
+    ``max_keep_ckpts=1`` makes the hook delete the first checkpoint around the second save:
+    the stock CheckpointHook deletes it *before* writing, so a kill at that moment leaves no
+    usable checkpoint; ours renames the complete file into place first, then prunes.
+    """
+    work = tmp_path_factory.mktemp('det')
+    keep_one = ['--cfg-options', 'default_hooks.checkpoint.max_keep_ckpts=1']
+    with open(work / 'killed_run.log', 'w') as log:
+        proc = subprocess.Popen(
+            [sys.executable, 'tools/train.py', str(DET_CFG), '--work-dir', str(work), *keep_one],
+            cwd=REPO, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+        pointer, partial = work / 'last_checkpoint', work / 'iter_4.pth.tmp'
+        deadline = time.time() + 300
+        while not partial.exists() and proc.poll() is None and time.time() < deadline:
+            if pointer.exists() and 'iter_2' not in pointer.read_text():
+                break  # the second save finished between two polls: kill right after it
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    killed_mid_write = partial.exists()  # still there: the kill came before the rename
+    assert proc.returncode == -signal.SIGKILL, (work / 'killed_run.log').read_text()[-3000:]
+    saved = Path(pointer.read_text().strip())
+    killed_at = load_checkpoint(saved)['meta']['iter']
+    resumed = run('tools/train.py', DET_CFG, '--work-dir', work, '--resume', *keep_one)
+    return dict(work=work, killed_at=killed_at, killed_mid_write=killed_mid_write,
+                log=resumed.stdout + resumed.stderr)
+
+
+def test_resume_after_sigkill_continues_iteration_and_lr_schedule(resumed_run):
+    work, killed_at = resumed_run['work'], resumed_run['killed_at']
+    assert killed_at in (2, 4)
+    if resumed_run['killed_mid_write']:  # iter_2.pth survived, though max_keep_ckpts=1
+        assert killed_at == 2
+    assert f'resumed epoch: 0, iter: {killed_at}' in resumed_run['log']
+
+    lrs = expected_lrs(DET_CFG)
+    assert len(set(lrs)) == len(lrs)  # lr differs every iteration, so a restart would show
+    first, second = logged_scalars(work)
+    assert [r['iter'] for r in second] == list(range(killed_at + 1, len(lrs) + 1))
+    for record in first + second:
+        assert record['lr'] == pytest.approx(lrs[record['iter'] - 1], rel=1e-6)
+
+    final = load_checkpoint(work / 'iter_6.pth')  # weights_only=True: nothing unsafe needed
+    assert final['meta']['iter'] == 6
+    assert (work / 'last_checkpoint').read_text().strip() == str(work / 'iter_6.pth')
+    # max_keep_ckpts=1, and no temporary file left behind by the killed save
+    assert sorted(p.name for p in work.iterdir() if p.is_file() and 'pth' in p.name) == [
+        'iter_6.pth']
+
+
+def test_test_tool_dumps_and_draws_detections(resumed_run, tmp_path):
+    out, show = tmp_path / 'results.pkl', tmp_path / 'vis'
+    run('tools/test.py', DET_CFG, resumed_run['work'] / 'iter_6.pth', '--work-dir', tmp_path,
+        '--out', out, '--show-dir', show,
+        '--cfg-options', 'model.test_cfg.score_thr=0.0')  # an untrained model scores low
+    with open(out, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 2
+    for result in results:
+        boxes = result['pred_instances']['bboxes']
+        assert boxes.ndim == 2 and boxes.shape[1] == 4 and len(boxes) > 0
+        assert 'gt_instances' not in result
+    drawn = sorted(p.name for p in show.iterdir())
+    assert drawn == sorted(Path(r['img_path']).name for r in results)
+    (metrics,) = tmp_path.glob('*/*.json')
+    assert 'coco/bbox_mAP' in metrics.read_text()
+
+
+def test_dist_train_two_cpu_processes(tmp_path):
+    env = dict(ENV, PORT=str(free_port()))
+    proc = run('tools/dist_train.sh', DET_CFG, 2, '--work-dir', tmp_path, '--cfg-options',
+               'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
+               'model.test_cfg.score_thr=0.0', env=env)  # an untrained model scores low
+    log = proc.stdout + proc.stderr
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log  # world size 2
+    assert "backend='gloo'" in log
+    assert 'Iter(train) [2/2]' in log and 'coco/bbox_mAP' in log  # gathered across ranks
+    assert load_checkpoint(tmp_path / 'iter_2.pth')['meta']['iter'] == 2
+
+
+def test_segmentation_train_then_test_with_slurm_launcher(tmp_path):
+    """The same tools run an mmseg config; test.py runs as a one-task Slurm job would."""
+    run('tools/train.py', SEG_CFG, '--work-dir', tmp_path / 'train')
+    checkpoint = tmp_path / 'train/iter_2.pth'
+    assert load_checkpoint(checkpoint)['meta']['iter'] == 2
+
+    slurm_env = dict(ENV, SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
+                     MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
+    out, show = tmp_path / 'seg.pkl', tmp_path / 'vis'
+    proc = run('tools/test.py', SEG_CFG, checkpoint, '--work-dir', tmp_path / 'test',
+               '--out', out, '--show-dir', show, '--launcher', 'slurm', env=slurm_env)
+    assert 'Distributed launcher: slurm' in proc.stdout + proc.stderr
+    assert 'mIoU' in proc.stdout + proc.stderr
+    with open(out, 'rb') as f:
+        results = pickle.load(f)
+    assert len(results) == 2
+    from PIL import Image
+    for result in results:
+        width, height = Image.open(REPO / result['img_path']).size
+        assert result['pred_sem_seg'].shape == (height, width)  # original image size
+        assert result['pred_sem_seg'].dtype.name == 'uint8'
+    assert len(list(show.rglob('*.png'))) == 2
+
+
+def test_missing_dataset_names_path_and_fix(tmp_path):
+    # Run from an empty directory: the stock COCO config's relative data/coco/ is not there.
+    proc = run(REPO / 'tools/train.py', REPO / 'configs/retinanet_poolformer_s12.py',
+               cwd=tmp_path, ok=False)
+    assert proc.returncode != 0
+    assert 'Traceback' not in proc.stderr
+    assert "train_dataloader.dataset.data_root = 'data/coco/': no such directory" in proc.stderr
+    assert '--cfg-options train_dataloader.dataset.data_root=/path/to/coco' in proc.stderr
+    assert not (tmp_path / 'work_dirs').exists()  # failed before the Runner started
+
+    checkpoint = tmp_path / 'model.pth'
+    checkpoint.write_bytes(b'')
+    proc = run(REPO / 'tools/test.py', SEG_CFG, checkpoint, '--cfg-options',
+               'test_dataloader.dataset.data_root=/nonexistent/ade', cwd=tmp_path, ok=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert "test_dataloader.dataset.data_root = '/nonexistent/ade'" in proc.stderr
+
+
+def test_dataset_check_walks_wrappers_and_accepts_present_data(tmp_path):
+    (tmp_path / 'imgs').mkdir()
+    (tmp_path / 'ann.json').write_text('{}')
+    present = dict(data_root=str(tmp_path), ann_file='ann.json', data_prefix=dict(img='imgs/'))
+    cfg = Config(dict(train_dataloader=dict(dataset=dict(
+        type='ConcatDataset',
+        datasets=[present, dict(type='RepeatDataset', times=2, dataset=dict(
+            present, data_prefix=dict(img='missing/')))]))))
+    with pytest.raises(DatasetNotFoundError) as err:
+        check_dataset_paths(cfg, ['train_dataloader'])
+    assert 'train_dataloader.dataset.datasets.1.dataset.data_prefix.img' in str(err.value)
+    assert 'datasets.0' not in str(err.value)
+    check_dataset_paths(Config(dict(val_dataloader=dict(dataset=present))), ['val_dataloader'])
+
+
+def test_resume_skips_a_pointer_to_a_missing_checkpoint(tmp_path):
+    assert find_resumable_checkpoint(str(tmp_path)) is None
+    for age, name in enumerate(('iter_4.pth', 'iter_2.pth')):
+        (tmp_path / name).write_bytes(b'x')
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))  # iter_4.pth is the newest
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_6.pth'))  # never written
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_2.pth'))
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_2.pth')
+
+
+@pytest.mark.parametrize('tool', ['tools/train.py', 'tools/test.py'])
+def test_tools_explain_themselves(tool):
+    proc = run(tool, '--help')
+    assert 'default_scope' in proc.stdout and '--cfg-options' in proc.stdout
