@@ -1,7 +1,7 @@
 """Generate the carried tiny COCO-format dataset (``data/tiny_coco``) deterministically.
 
-Each image is a small textured background (stripes plus noise in muted colours) with one to
-four large, saturated, non-overlapping shapes: ``circle``, ``square`` or ``triangle``. Shape
+Each image (128-160 px a side) is a textured background (stripes plus noise in muted colours)
+with one to three large (40-95 px), saturated, non-overlapping shapes: ``circle``, ``square`` or ``triangle``. Shape
 colour is drawn independently of the class, so a detector must learn shape, not colour.
 Every instance has a box and a polygon mask; the mask is the very polygon that was painted,
 so boxes, masks and pixels agree exactly.
@@ -52,7 +52,7 @@ def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray
     base = rng.uniform(50, 130, size=3)
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
     angle = rng.uniform(0, math.pi)
-    period = rng.uniform(8, 24)
+    period = rng.uniform(6, 16)
     phase = (xx * math.cos(angle) + yy * math.sin(angle)) * (2 * math.pi / period)
     stripes = 18.0 * np.sin(phase)[..., None] * rng.uniform(0.5, 1.0, size=3)
     noise = rng.normal(0, 4.0, size=(height, width, 3))
@@ -82,7 +82,7 @@ def _place(rng: np.random.Generator, height: int, width: int, count: int
     for _ in range(200):
         if len(placed) == count:
             break
-        r = rng.uniform(0.12, 0.26) * min(height, width)
+        r = rng.uniform(0.15, 0.3) * min(height, width)
         cx = rng.uniform(r + 2, width - r - 2)
         cy = rng.uniform(r + 2, height - r - 2)
         if all(math.hypot(cx - x, cy - y) > r + q + 4 for x, y, q in placed):
@@ -97,11 +97,11 @@ def _make_split(rng: np.random.Generator, out: Path, split: str, num_images: int
     images, annotations = [], []
     ann_id = ann_start
     for img_id in range(1, num_images + 1):
-        width = int(rng.integers(160, 257))
-        height = int(rng.integers(160, 257))
+        width = int(rng.integers(128, 161))
+        height = int(rng.integers(128, 161))
         canvas = Image.fromarray(_background(rng, height, width))
         draw = ImageDraw.Draw(canvas)
-        for cx, cy, r in _place(rng, height, width, int(rng.integers(1, 5))):
+        for cx, cy, r in _place(rng, height, width, int(rng.integers(1, 4))):
             cls_idx = int(rng.integers(len(CLASSES)))
             poly = _polygon(rng, CLASSES[cls_idx], cx, cy, r)
             colour = PALETTE[int(rng.integers(len(PALETTE)))]
