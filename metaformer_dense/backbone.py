@@ -11,7 +11,7 @@ It depends on torch, timm and mmengine only; the mmdet / mmseg plugins register 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -50,6 +50,14 @@ class MetaFormerBackbone(BaseModule):
             code that inspects ``.training``; it is accepted for config compatibility.
         drop_path_rate: Stochastic depth rate, increasing linearly over blocks (timm's rule).
         with_cp: Checkpoint block activations to save memory at the cost of recomputation.
+        channels_last: Run the stem and stages in channels-last (NHWC) memory format: the
+            weights are stored that way and the input is converted on entry. The math is the same
+            (outputs agree with NCHW to float rounding); CPU and GPU convolutions, pooling and
+            GroupNorm are faster in this layout. Outputs are always plain contiguous NCHW tensors.
+        compile: Compile the forward pass with ``torch.compile`` on its first call: ``True`` for
+            the defaults, or a dict of ``torch.compile`` keyword arguments (e.g.
+            ``dict(mode='max-autotune')``). The first call pays the compile time; a new input
+            shape may trigger a recompile (see docs/speed.md).
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
             checkpoints and reports missing and unexpected keys.
@@ -63,6 +71,8 @@ class MetaFormerBackbone(BaseModule):
                  norm_eval: bool = False,
                  drop_path_rate: float = 0.0,
                  with_cp: bool = False,
+                 channels_last: bool = True,
+                 compile: Union[bool, dict] = False,
                  init_cfg: Optional[dict] = None):
         super().__init__(init_cfg=init_cfg)
         arch = _SHORT.get(arch, arch)
@@ -79,12 +89,18 @@ class MetaFormerBackbone(BaseModule):
                              f'k: stem + first k stages), got {frozen_stages!r}')
         if not 0.0 <= float(drop_path_rate) < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        if not isinstance(compile, (bool, dict)):
+            raise TypeError(f'compile must be True/False or a dict of torch.compile arguments, '
+                            f'got {compile!r}')
 
         self.arch = arch
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
+        self.channels_last = bool(channels_last)
+        self.compile_cfg: Optional[dict] = (dict(compile) if isinstance(compile, dict)
+                                            else {} if compile else None)
 
         body = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels,
                                  drop_path_rate=drop_path_rate)
@@ -102,17 +118,47 @@ class MetaFormerBackbone(BaseModule):
         self.depths: Tuple[int, ...] = tuple(len(s.blocks) for s in body.stages)
         self.dims: Tuple[int, ...] = tuple(f['num_chs'] for f in body.feature_info)
         del body  # the classifier head is not kept
+        if self.channels_last:
+            # Loading (load_state_dict copies in place) and initialisation keep this layout.
+            self.to(memory_format=torch.channels_last)
         self._freeze_stages()
 
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        """Compute the normalised features of the stages in ``out_indices``.
+
+        Args:
+            x: Images, ``(N, C, H, W)``.
+
+        Returns:
+            One contiguous NCHW tensor per index in ``out_indices``.
+        """
+        if self.compile_cfg is None:
+            return self._forward(x)
+        compiled = self.__dict__.get('_compiled_forward')
+        if compiled is None:
+            compiled = torch.compile(self._forward, **self.compile_cfg)
+            # Kept out of state_dict, pickling and deepcopy (see __getstate__).
+            self.__dict__['_compiled_forward'] = compiled
+        return compiled(x)
+
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         outs = []
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i in self.out_indices:
-                outs.append(self.out_norms[str(i)](x))
+                # Consumers (FPN, mmcv's CPU RoIAlign, ...) get plain NCHW tensors.
+                outs.append(self.out_norms[str(i)](x).contiguous())
         return tuple(outs)
+
+    def __getstate__(self) -> dict:
+        # A compiled forward is bound to this instance: copies compile their own on first use.
+        state = dict(super().__getstate__())
+        state.pop('_compiled_forward', None)
+        return state
 
     # ------------------------------------------------------------------------------------------
     def _freeze_stages(self) -> None:
