@@ -271,9 +271,19 @@ class AtomicCheckpointHook(CheckpointHook):
     Each checkpoint is written to ``<name>.tmp`` and renamed once complete; ``last_checkpoint``
     is replaced the same way, and only afterwards are checkpoints beyond ``max_keep_ckpts``
     deleted. A run killed at any moment therefore leaves ``last_checkpoint`` pointing at a
-    complete file. Takes the same arguments as ``CheckpointHook``; non-local storage backends
-    fall back to its behaviour.
+    complete file; the next run deletes the killed run's ``.tmp`` file when it starts. Takes the
+    same arguments as ``CheckpointHook``; non-local storage backends fall back to its behaviour.
+    Best checkpoints (``save_best``) are still written the stock way; resuming never reads them.
     """
+
+    def before_train(self, runner) -> None:
+        super().before_train(runner)
+        if is_main_process() and isinstance(self.file_backend, LocalBackend) \
+                and osp.isdir(self.out_dir):
+            for name in os.listdir(self.out_dir):  # left by a run killed while saving
+                if name.endswith('.pth.tmp'):
+                    os.remove(osp.join(self.out_dir, name))
+                    runner.logger.info(f'Removed the partial checkpoint {name}.')
 
     def _save_checkpoint_with_step(self, runner, step: int, meta: dict) -> None:
         if not isinstance(self.file_backend, LocalBackend) or self.file_client_args is not None:

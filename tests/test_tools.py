@@ -115,6 +115,7 @@ def test_resume_after_sigkill_continues_iteration_and_lr_schedule(resumed_run):
     assert killed_at in (2, 4)
     if resumed_run['killed_mid_write']:  # iter_2.pth survived, though max_keep_ckpts=1
         assert killed_at == 2
+        assert 'Removed the partial checkpoint iter_4.pth.tmp' in resumed_run['log']
     assert f'resumed epoch: 0, iter: {killed_at}' in resumed_run['log']
 
     lrs = expected_lrs(DET_CFG)
