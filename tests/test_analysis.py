@@ -1,0 +1,91 @@
+"""tools/analysis/benchmark_report.py: the cells a user reads, filled from real models and files."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location(
+    'benchmark_report', ROOT / 'tools' / 'analysis' / 'benchmark_report.py')
+report = importlib.util.module_from_spec(_spec)
+sys.modules['benchmark_report'] = report  # dataclasses look their module up there
+_spec.loader.exec_module(report)
+
+SEG_S12 = str(ROOT / 'configs' / 'semantic_fpn_poolformer_s12.py')
+RETINA_S12 = str(ROOT / 'configs' / 'retinanet_poolformer_s12.py')
+
+
+def _write_test_result(work_dirs: Path, name: str, metrics: dict, stamp='20260101_120000'):
+    """The file mmengine's runner writes at the end of tools/test.py."""
+    run = work_dirs / name / stamp
+    run.mkdir(parents=True)
+    (run / f'{stamp}.json').write_text(json.dumps(dict(metrics, data_time=0.01, time=0.5)))
+
+
+def test_params_and_flops_of_s12_semantic_fpn(tmp_path):
+    row = report.analyse(SEG_S12, tmp_path, flops=True, device='cpu')
+    assert (row.task, row.method, row.arch) == ('segmentation', 'Semantic FPN', 'poolformer_s12')
+    # The paper's 15.7 M: a config more than 0.05 M away is not the paper's model.
+    assert row.params_m == pytest.approx(report.PAPER[('Semantic FPN', 'poolformer_s12')]['params'],
+                                         abs=0.05)
+    assert row.cells['params'] == f'{row.params_m:.2f}'
+    assert row.cells['flops'] == f'{row.flops_g:.1f}'
+    # The backbone alone is PoolFormer-S12's 1.82 GMACs at 224x224 scaled to 512x512 (9.5 G);
+    # FPN neck and head come on top of it.
+    backbone_g = 1.823 * (512 / 224) ** 2
+    assert backbone_g * 2 < row.flops_g < backbone_g * 5
+
+
+def test_ap_read_from_a_test_run_and_compared_with_the_paper(tmp_path, capsys):
+    work_dirs = tmp_path / 'work_dirs'
+    # An older training log with a validation AP (json lines) must lose to the test result.
+    vis = work_dirs / 'retinanet_poolformer_s12' / '20251231_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / '20251231_000000.json').write_text(
+        json.dumps({'lr': 1e-4, 'loss': 0.5, 'iter': 50, 'step': 50}) + '\n'
+        + json.dumps({'coco/bbox_mAP': 0.2, 'coco/bbox_mAP_50': 0.4, 'step': 1}) + '\n')
+    _write_test_result(work_dirs, 'retinanet_poolformer_s12',
+                       {'coco/bbox_mAP': 0.351, 'coco/bbox_mAP_50': 0.55, 'coco/bbox_mAP_75': 0.37})
+    md_path, png = tmp_path / 'r.md', tmp_path / 'r.png'
+    md = report.main([RETINA_S12, '--work-dirs', str(work_dirs), '--out', str(md_path),
+                      '--plot', str(png), '--no-flops'])
+    row = next(line for line in md.splitlines() if line.startswith('| retinanet_poolformer_s12'))
+    assert '| 35.1 (-1.1) |' in row  # ours 35.1 vs the paper's 36.2
+    assert '| 36.2 |' in row
+    assert md_path.read_text() == md and md in capsys.readouterr().out
+    assert png.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_miou_from_validation_log_when_no_test_run(tmp_path):
+    vis = tmp_path / 'semantic_fpn_poolformer_s12' / '20260101_000000' / 'vis_data'
+    vis.mkdir(parents=True)
+    (vis / 'scalars.json').write_text(
+        json.dumps({'aAcc': 70.0, 'mIoU': 30.5, 'mAcc': 40.0, 'step': 100}) + '\n'
+        + json.dumps({'aAcc': 75.0, 'mIoU': 36.9, 'mAcc': 45.0, 'step': 200}) + '\n')
+    found, source = report.find_results(tmp_path / 'semantic_fpn_poolformer_s12', ['mIoU'])
+    assert found == {'mIoU': 36.9}  # mmseg writes percent already; the last record wins
+    assert 'scalars.json' in source
+
+
+def test_unfillable_cells_say_why(tmp_path):
+    broken = tmp_path / 'broken_config.py'
+    broken.write_text("_base_ = 'mmdet::no/such/base.py'\n")
+    rows = [report.analyse(RETINA_S12, tmp_path, flops=False, device='cpu'),
+            report.analyse(str(ROOT / 'configs' / 'retinanet_caformer_s18.py'), tmp_path,
+                           flops=False, device='cpu'),
+            report.analyse(str(broken), tmp_path, flops=False, device='cpu')]
+    ours, caformer, bad = rows
+    assert ours.cells['latency'] == ours.cells['memory'] == report.NO_GPU
+    assert ours.cells['flops'] == 'not measured (--no-flops)'
+    assert ours.cells['bbox_mAP'].startswith(report.NO_RESULTS)
+    assert 'retinanet_poolformer_s12' in ours.cells['bbox_mAP']  # names where it looked
+    assert caformer.paper is None and report._paper_cell(caformer, 'bbox_mAP') == 'not in the paper'
+    assert bad.cells['params'].startswith('config failed to load')
+    md = report.to_markdown(rows, dict(date='d', command='c', machine='m', torch='t',
+                                       device='cpu', elapsed_s=1.0))
+    assert 'not in the paper' in md and 'no GPU' in md and 'config failed to load' in md
+    for line in md.splitlines():  # no empty cells: every cell holds a number or a reason
+        if line.startswith('| retinanet'):
+            assert '|  |' not in line and '||' not in line
