@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test demo-seg
+.PHONY: setup demo test demo-seg report
 setup:
 	@bash tools/setup_env.sh
 
@@ -18,3 +18,7 @@ test: setup
 ## demo-seg: train Semantic FPN PoolFormer-S12 on the carried tiny ADE20K set (CPU, minutes), report mIoU
 demo-seg: setup
 	$(PY) tools/train.py configs/demo/semantic_fpn_poolformer_s12_tiny.py
+
+## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> docs/benchmark_report.{md,png}
+report: setup
+	OMP_NUM_THREADS=2 $(PY) tools/analysis/benchmark_report.py
