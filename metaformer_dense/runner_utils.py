@@ -170,12 +170,11 @@ def check_dataset_paths(cfg: Config, sections: Sequence[str]) -> None:
 
 
 # ----------------------------------------------------------------------------- distributed
-def _env_int(*names: str) -> int:
-    for name in names:
-        if name in os.environ:
-            return int(os.environ[name])
-    raise RuntimeError(f'Distributed launch needs one of the environment variables {names}; '
-                       'start the tool through tools/dist_*.sh (torchrun) or tools/slurm_*.sh.')
+def _env_int(name: str) -> int:
+    if name not in os.environ:
+        raise ValueError(f'Distributed launch needs the environment variable {name}: start the '
+                         'tool through tools/dist_*.sh (torchrun), tools/slurm_*.sh or mpirun.')
+    return int(os.environ[name])
 
 
 def _rank_and_world(launcher: str) -> tuple[int, int, int]:
@@ -192,7 +191,7 @@ def _rank_and_world(launcher: str) -> tuple[int, int, int]:
         return (_env_int('SLURM_PROCID'), _env_int('SLURM_NTASKS'), _env_int('SLURM_LOCALID'))
     if launcher == 'mpi':
         if 'MASTER_ADDR' not in os.environ:
-            raise RuntimeError('--launcher mpi needs MASTER_ADDR (and optionally MASTER_PORT) '
+            raise ValueError('--launcher mpi needs MASTER_ADDR (and optionally MASTER_PORT) '
                                'set to the address of rank 0.')
         os.environ.setdefault('MASTER_PORT', '29500')
         return (_env_int('OMPI_COMM_WORLD_RANK'), _env_int('OMPI_COMM_WORLD_SIZE'),

@@ -82,9 +82,9 @@ def main() -> None:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
         check_dataset_paths(cfg, ['test_dataloader', 'test_evaluator'])
+        setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    setup_distributed(cfg, args.launcher)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out:
         if cfg.default_scope == 'mmdet':

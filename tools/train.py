@@ -95,9 +95,9 @@ def main() -> None:
         validating = cfg.get('val_cfg') and cfg.get('val_dataloader')
         check_dataset_paths(cfg, ['train_dataloader'] +
                             (['val_dataloader', 'val_evaluator'] if validating else []))
+        setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    setup_distributed(cfg, args.launcher)
     use_atomic_checkpoints(cfg)
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
