@@ -12,7 +12,7 @@ number: see shared/REFERENCE.md for the paper's results.
 
 Example::
 
-    OMP_NUM_THREADS=2 python benchmarks/learning_segmentation.py --iters 200
+    OMP_NUM_THREADS=2 python benchmarks/learning_segmentation.py --iters 80
 """
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('--iters', type=int, default=200, help='training iterations (default 200; the demo runs 100)')
+    parser.add_argument('--iters', type=int, default=80, help='training iterations (default 80; the demo runs 40)')
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--work-dir', default='work_dirs/learning_segmentation',
                         help='runner work dir (logs, last checkpoint)')

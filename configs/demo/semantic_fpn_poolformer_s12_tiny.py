@@ -5,7 +5,7 @@ inherited unchanged):
 
 * data root: the carried synthetic set ``data/tiny_ade20k`` (``tools/make_tiny_ade20k.py``);
 * sizes: images are 160-256 px, so 128x128 crops and a (512, 128) resize scale instead of 512 / (2048, 512);
-* schedule: 100 iterations (base 40k), poly decay over them, evaluated (mIoU) at the end;
+* schedule: 40 iterations (base 40k), poly decay over them, evaluated (mIoU) at the end;
 * backbone ``init_cfg=None``: random initialisation, because the ImageNet checkpoint is a download
   the demo must not need (no network here); the scenes are simple enough to learn from scratch.
 
@@ -16,7 +16,7 @@ _base_ = ['../semantic_fpn_poolformer_s12.py']
 data_root = 'data/tiny_ade20k'
 crop_size = (128, 128)  # base 512x512: the images are only 160-256 px wide
 scale = (512, 128)  # base (2048, 512), shrunk by the same factor of 4
-max_iters = 100  # base 40k: the demo finishes in minutes on a CPU
+max_iters = 40  # base 40k: the demo finishes in minutes on a CPU
 
 model = dict(data_preprocessor=dict(size=crop_size), backbone=dict(init_cfg=None))
 
