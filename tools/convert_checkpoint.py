@@ -1,0 +1,230 @@
+"""Convert a MetaFormer / PoolFormer checkpoint to this toolkit's format.
+
+Reads any layout the backbone loads (official PoolFormer ImageNet ``.pth.tar``, official
+MetaFormer baselines, timm ``.pth`` / ``.safetensors``, mmpretrain, the paper's mmdet 2.x /
+mmseg 0.x detection and segmentation releases, this toolkit's own) and writes
+``{'meta': {...}, 'state_dict': {...}}`` as ``.pth``, or a ``.safetensors`` file when DST ends so
+(its header then holds the meta as JSON). Examples:
+
+    python tools/convert_checkpoint.py poolformer_s12.pth.tar checkpoints/poolformer_s12.pth
+    python tools/convert_checkpoint.py model.safetensors s12.pth --arch poolformer_s12
+    python tools/convert_checkpoint.py retinanet_poolformer_s12_release.pth retinanet_s12.safetensors
+
+A backbone checkpoint becomes the keys of ``MetaFormerBackbone.state_dict()`` (``stem.*``,
+``stages.*``, ``out_norms.*``); a whole detector or segmentor (keys under ``backbone.``) keeps its
+neck and head keys unchanged and gets converted ``backbone.*`` keys. The tool prints the detected
+layout, a summary of the renames, the keys dropped (ImageNet classifier), the keys missing
+against ``--arch`` (the dense backbone's output norms are not in ImageNet checkpoints; they are
+freshly initialised when loaded), and any float dtype cast to float32. Without ``--arch`` the
+architecture is found from the weights. A checkpoint that does not fit the architecture (shapes,
+depths, extra blocks) or holds integer tensors where weights are float is an error. Optimizer
+state is not copied. The input is read without unpickling code.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import os.path as osp
+import re
+import sys
+from collections import Counter
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from metaformer_dense.checkpoint import (CheckpointError, ConversionResult, convert_state_dict,
+                                         extract_state_dict, read_checkpoint)
+
+Tensor = torch.Tensor
+PREFIX = 'backbone.'
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """Command-line arguments of the converter."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('src', help='checkpoint to convert (.pth, .pth.tar, .pt, .safetensors)')
+    parser.add_argument('dst', help='output file: .safetensors, else a torch .pth')
+    parser.add_argument('--arch', default=None,
+                        help="backbone architecture, e.g. poolformer_s12 or s12 (default: found "
+                        "from the weights)")
+    parser.add_argument('--force', action='store_true', help='overwrite DST if it exists')
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------- architecture
+def _reference(arch: str) -> Dict[str, Tensor]:
+    """Parameter shapes and dtypes of the full dense backbone (all four stages), no memory."""
+    from metaformer_dense import MetaFormerBackbone
+    with torch.device('meta'):
+        return MetaFormerBackbone(arch).state_dict()
+
+
+def _family(keys: Sequence[str], state_dict: Dict[str, Tensor]) -> str:
+    """The timm name prefix of a converted (timm-named) backbone state dict."""
+    if any('.token_mixer.qkv.' in k for k in keys):
+        return 'caformer_'
+    if any('.token_mixer.pwconv1.' in k for k in keys):
+        return 'convformer_'
+    fc1 = state_dict.get('stages.0.blocks.0.mlp.fc1.weight')
+    return 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
+
+
+def _fit(conv: ConversionResult, ref: Dict[str, Tensor]) -> Tuple[List, List, List]:
+    """Missing keys, unexpected keys and shape mismatches of a conversion against ``ref``."""
+    sd = conv.state_dict
+    missing = [k for k in ref if k not in sd]
+    unexpected = [k for k in sd if k not in ref]
+    shapes = [(k, tuple(v.shape), tuple(ref[k].shape)) for k, v in sd.items()
+              if k in ref and tuple(v.shape) != tuple(ref[k].shape)]
+    return missing, unexpected, shapes
+
+
+def _body_fits(conv: ConversionResult, ref: Dict[str, Tensor]) -> bool:
+    missing, unexpected, shapes = _fit(conv, ref)
+    return not shapes and not unexpected and all(k.startswith('out_norms.') for k in missing)
+
+
+def find_arch(backbone: Dict[str, Tensor]) -> str:
+    """Name the timm MetaFormer architecture whose weights ``backbone`` holds.
+
+    Raises:
+        CheckpointError: No architecture fits exactly.
+    """
+    from metaformer_dense import ARCHS
+    plain = convert_state_dict(backbone)
+    family = _family(list(plain.state_dict), plain.state_dict)
+    for arch in (a for a in ARCHS if a.startswith(family)):
+        ref = _reference(arch)
+        if _body_fits(convert_state_dict(backbone, reference=ref), ref):
+            return arch
+    raise CheckpointError(
+        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
+        'keys or shapes differ')
+
+
+# ----------------------------------------------------------------------------- conversion
+def split_model(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+    """Split into (backbone weights without prefix, other weights); strips DDP's ``module.``.
+
+    A state dict with no ``backbone.`` keys is a backbone on its own (nothing else is kept).
+    """
+    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    if not any(k.startswith(PREFIX) for k in sd):
+        return sd, {}
+    backbone = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
+    return backbone, {k: v for k, v in sd.items() if not k.startswith(PREFIX)}
+
+
+def summarise_renames(renamed: Sequence[Tuple[str, str]], limit: int = 12) -> List[str]:
+    """Group renames by pattern (numbers become ``N``): ``'a.N.b -> c.N.d (x12)'`` lines."""
+    groups = Counter((re.sub(r'\d+', 'N', old), re.sub(r'\d+', 'N', new)) for old, new in renamed)
+    lines = [f'{old} -> {new} (x{n})' for (old, new), n in groups.most_common(limit)]
+    if len(groups) > limit:
+        lines.append(f'... and {len(groups) - limit} more patterns')
+    return lines
+
+
+def convert(src: str, arch: Optional[str] = None) -> Tuple[dict, List[str]]:
+    """Convert the checkpoint file ``src``.
+
+    Args:
+        src: Checkpoint in any supported layout.
+        arch: Backbone architecture (a timm MetaFormer name or ``s12`` ... ``m48``); found from
+            the weights when None.
+
+    Returns:
+        ``({'meta': ..., 'state_dict': ...}, report lines)``.
+
+    Raises:
+        CheckpointError: Unreadable file, unknown layout, or weights that do not fit ``arch``.
+    """
+    from metaformer_dense import backbone as backbone_module
+    raw = read_checkpoint(src)
+    backbone, others = split_model(extract_state_dict(raw))
+    arch = backbone_module._SHORT.get(arch, arch) if arch else find_arch(backbone)
+    if arch not in backbone_module.ARCHS:
+        raise CheckpointError(f'unknown --arch {arch!r}; choose one of: '
+                              f'{", ".join(backbone_module.ARCHS)}')
+    ref = _reference(arch)
+    conv = convert_state_dict(backbone, reference=ref)  # also refuses integer weights
+    missing, unexpected, shapes = _fit(conv, ref)
+    if shapes or unexpected:
+        detail = '; '.join(f'{k}: checkpoint {s} vs {arch} {r}' for k, s, r in shapes[:3])
+        if unexpected:
+            detail += f'{"; " if detail else ""}keys {arch} does not have: {unexpected[:3]}'
+        raise CheckpointError(f'{src!r} does not fit {arch} ({len(shapes)} shape mismatches, '
+                              f'{len(unexpected)} unknown keys): {detail}')
+    body_missing = [k for k in missing if not k.startswith('out_norms.')]
+    if body_missing:
+        raise CheckpointError(f'{src!r} lacks {len(body_missing)} weights of {arch} '
+                              f'(first: {body_missing[:3]}); is it a checkpoint of a smaller model?')
+
+    cast = Counter()
+    state = {}
+    for key, value in conv.state_dict.items():
+        if value.dtype != ref[key].dtype:
+            cast[str(value.dtype).replace('torch.', '')] += 1
+            value = value.to(ref[key].dtype)
+        state[key] = value
+    whole = bool(others)
+    if whole:
+        state = {**{PREFIX + k: v for k, v in state.items()}, **others}
+    meta = raw.get('meta') if isinstance(raw, dict) and isinstance(raw.get('meta'), dict) else {}
+    meta = dict(meta, arch=arch, source_format=conv.source_format,
+                converted_from=osp.basename(src))
+
+    report = [f'{src}: {conv.source_format} layout, {"whole model" if whole else "backbone"}, '
+              f'arch {arch}']
+    if conv.renamed:
+        report.append(f'renamed {len(conv.renamed)} backbone keys:')
+        report += ['  ' + line for line in summarise_renames(conv.renamed)]
+    else:
+        report.append('renamed: none (already this toolkit\'s names)')
+    report.append(f'dropped {len(conv.dropped)}: {conv.dropped or "none"}')
+    report.append(f'missing vs {arch} ({len(missing)}, freshly initialised when loaded): '
+                  f'{_group_missing(missing) or "none"}')
+    if cast:
+        report.append('cast to float32: ' + ', '.join(f'{n} {d}' for d, n in cast.items()))
+    if whole:
+        report.append(f'kept {len(others)} non-backbone keys unchanged')
+    return dict(meta=meta, state_dict=state), report
+
+
+def _group_missing(keys: Sequence[str]) -> str:
+    modules = sorted({k.rsplit('.', 1)[0] for k in keys})
+    return ', '.join(f'{m}.*' for m in modules)
+
+
+def save(checkpoint: dict, dst: str) -> None:
+    """Write ``.safetensors`` (meta as JSON in the header) or a torch ``.pth``, atomically."""
+    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
+    tmp = f'{dst}.tmp{os.getpid()}'
+    if dst.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        tensors = {k: v.detach().contiguous().clone() for k, v in checkpoint['state_dict'].items()}
+        save_file(tensors, tmp, metadata={
+            'format': 'pt', 'meta': json.dumps(checkpoint['meta'], default=str)})
+    else:
+        torch.save(checkpoint, tmp)
+    os.replace(tmp, dst)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)
+    if osp.abspath(args.src) == osp.abspath(args.dst):
+        sys.exit('error: DST must differ from SRC')
+    if osp.exists(args.dst) and not args.force:
+        sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
+    try:
+        checkpoint, report = convert(args.src, args.arch)
+    except CheckpointError as exc:
+        sys.exit(f'error: {exc}')
+    save(checkpoint, args.dst)
+    print('\n'.join(report))
+    print(f'wrote {args.dst} ({len(checkpoint["state_dict"])} tensors)')
+
+
+if __name__ == '__main__':
+    main()
