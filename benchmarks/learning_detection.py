@@ -116,6 +116,9 @@ def write_results(records: Dict[str, Dict]) -> None:
         lines.append(f'| `{rec["config"]}` | {rec["epochs"]} ({rec["iterations"]}) | '
                      f'{f["coco/bbox_mAP"]:.3f} | {f["coco/bbox_mAP_50"]:.3f} | {mask} | '
                      f'{rec["wall_minutes"]} |')
+    for name in sorted(set(CONFIGS) - set(merged)):
+        lines.append(f'| `{CONFIGS[name].relative_to(ROOT)}` | not run yet: '
+                     f'`python benchmarks/learning_detection.py --only {name}` | | | | | |')
     lines += ['', '## Validation curves (epoch: box mAP / mask mAP) and commands', '']
     for rec in merged.values():
         pts = ', '.join(

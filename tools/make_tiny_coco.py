@@ -1,8 +1,9 @@
 """Generate the carried tiny COCO-format dataset (``data/tiny_coco``) deterministically.
 
 Each image (128-160 px a side) is a textured background (stripes plus noise in muted colours)
-with one to three large (40-95 px), saturated, non-overlapping shapes: ``circle``, ``square`` or ``triangle``. Shape
-colour is drawn independently of the class, so a detector must learn shape, not colour.
+with one to three large (40-95 px), saturated, non-overlapping shapes: ``circle``, ``square``
+or ``triangle``. Shape colour is drawn independently of the class, so a detector must learn
+shape, not colour.
 Every instance has a box and a polygon mask; the mask is the very polygon that was painted,
 so boxes, masks and pixels agree exactly.
 
@@ -159,7 +160,8 @@ def make_tiny_coco(out: Path, seed: int = DEFAULT_SEED, num_train: int = DEFAULT
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--out', type=Path, default=Path(__file__).resolve().parents[1] / 'data' / 'tiny_coco',
+    parser.add_argument('--out', type=Path,
+                        default=Path(__file__).resolve().parents[1] / 'data' / 'tiny_coco',
                         help='dataset root to write (default: data/tiny_coco in this repo)')
     parser.add_argument('--seed', type=int, default=DEFAULT_SEED, help='random seed')
     parser.add_argument('--num-train', type=int, default=DEFAULT_NUM_TRAIN, help='training images')
@@ -168,7 +170,8 @@ def main() -> None:
     written = make_tiny_coco(args.out, args.seed, args.num_train, args.num_val)
     for split, path in written.items():
         coco = json.loads(path.read_text())
-        print(f'{split}: {len(coco["images"])} images, {len(coco["annotations"])} instances -> {path}')
+        print(f'{split}: {len(coco["images"])} images, {len(coco["annotations"])} instances '
+              f'-> {path}')
 
 
 if __name__ == '__main__':

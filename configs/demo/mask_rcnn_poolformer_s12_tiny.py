@@ -58,12 +58,12 @@ val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
 test_evaluator = val_evaluator
 
 # Schedule: 1x on COCO is ~88k iterations; here 20 epochs x 12 iterations, warm-up 50 iterations
-# (COCO: 500), LR steps at 14 and 18 epochs (the 1x steps' 8/12 and 11/12 positions, roughly).
+# (COCO: 500), LR steps after epochs 13 and 18 (1x's steps at 8/12 and 11/12 of the run).
 max_epochs = 20
 train_cfg = dict(max_epochs=max_epochs, val_interval=max_epochs)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.001, by_epoch=False, begin=0, end=50),
-    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[14, 18],
+    dict(type='MultiStepLR', begin=0, end=max_epochs, by_epoch=True, milestones=[13, 18],
          gamma=0.1)
 ]
 # From scratch, 1.5x the ImageNet-initialised lr (2e-4), as the RetinaNet demo uses.
