@@ -3,7 +3,7 @@
 #
 # Unchanged from the mmdet base (and equal to the paper's recipe): 12 epochs with LR steps after
 # epochs 8 and 11, linear warm-up over 500 iterations from 0.001 x lr, 2 images per GPU on 8 GPUs
-# (batch 16; on another total batch size `--cfg-options auto_scale_lr.enable=True` scales lr
+# (batch 16; on another total batch size `tools/train.py --auto-scale-lr` scales lr
 # linearly from `auto_scale_lr.base_batch_size=16`), resize to (1333, 800) keeping the aspect
 # ratio, horizontal flip with p=0.5.
 _base_ = 'mmdet::retinanet/retinanet_r50_fpn_1x_coco.py'
