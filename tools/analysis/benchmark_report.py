@@ -376,8 +376,8 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
         out += [f'- {r.config}: {r.cells.get("params")}' for r in broken] + ['']
     sources = [r for r in rows if r.result_source]
     out += ['## Notes', '',
-            '- "not in the paper": the PoolFormer paper has no number for this backbone/method '
-            '(the MetaFormer-baselines paper reports no COCO / ADE20K results for these models).',
+            '- "not in the paper": the PoolFormer paper\'s COCO and ADE20K tables have no entry '
+            'for this backbone and method, so there is nothing to compare with.',
             f'- "{NO_RESULTS}": train, then run `tools/test.py CONFIG CHECKPOINT --work-dir '
             'work_dirs/<config name>` and regenerate with `make report`.',
             '- Mask R-CNN FLOPs include the RoI heads on the proposals the RPN keeps for a random '
@@ -396,6 +396,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
+    from matplotlib import ticker
 
     series = [('RetinaNet', 'bbox_mAP', 'RetinaNet box AP', 'tab:blue'),
               ('Mask R-CNN', 'bbox_mAP', 'Mask R-CNN box AP', 'tab:orange'),
@@ -433,6 +434,9 @@ def plot(rows: Sequence[Row], path: Path) -> None:
         ax.set_ylabel('AP / mIoU (%)')
         ax.grid(alpha=0.3)
     axes[1].set_xscale('log')  # segmentation (512x512) and detection (1280x800) side by side
+    axes[1].xaxis.set_major_formatter(ticker.ScalarFormatter())
+    axes[1].xaxis.set_minor_formatter(ticker.NullFormatter())
+    axes[1].set_xticks([25, 50, 100, 200, 400])
     axes[0].set_title('accuracy vs params')
     axes[1].set_title('accuracy vs FLOPs')
     handles, labels = axes[0].get_legend_handles_labels()
