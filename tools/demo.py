@@ -210,6 +210,8 @@ def run(args: argparse.Namespace) -> List[str]:
     from metaformer_dense.runner_utils import load_config
 
     images = collect_images(args.inputs)
+    for path in images:  # fail on a bad image before minutes go into building the model
+        read_image(path)
     device = args.device or ('cuda:0' if torch.cuda.is_available() else 'cpu')
     if device.startswith('cuda') and not torch.cuda.is_available():
         raise DemoError(f'--device {device}: no CUDA device is visible here; use --device cpu')
@@ -241,7 +243,7 @@ def run(args: argparse.Namespace) -> List[str]:
     os.makedirs(args.out_dir, exist_ok=True)
     written, used = [], set()
     for path in images:
-        img = read_image(path)  # checked before the model sees it
+        img = read_image(path)
         height, width = img.shape[:2]
         padded = pad_to_aspect(img, MAX_ASPECT)
         with torch.no_grad():

@@ -1,0 +1,495 @@
+"""Bad input, end to end: broken checkpoints, code-carrying pickles, wrong configs, odd images,
+degenerate annotations, and training killed mid-epoch.
+
+Every case asserts the specific error (or the specific behaviour) a user gets. Checkpoints go
+through the backbone's ``init_cfg=dict(type='Pretrained')``, tools/demo.py and tools/test.py;
+configs, annotations and the kill/resume run through tools/train.py in subprocesses. Models are
+the tiny test configs (96 px images, one or two images, a few iterations).
+
+Decided behaviours (also in the tools' docs):
+
+* float16 / bfloat16 / float64 weights load, cast to the model's float32 (as torch's
+  ``load_state_dict`` copies do); integer or bool tensors where weights are float are an error.
+* Unknown keys outside the backbone's built modules are reported and ignored by the backbone's
+  ``Pretrained`` init; whole-model loading in tools/test.py and tools/demo.py is strict.
+"""
+import importlib
+import importlib.util
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from metaformer_dense import CheckpointError, MetaFormerBackbone
+
+REPO = Path(__file__).resolve().parents[1]
+DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
+DEMO_DET_CFG = REPO / 'configs/demo/retinanet_poolformer_s12_tiny.py'
+COCO = REPO / 'data/tiny_coco'
+ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='')
+
+
+def run(*args, ok: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, *map(str, args)]
+    proc = subprocess.run(cmd, cwd=REPO, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+    if ok:
+        assert proc.returncode == 0, f'{cmd}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
+    return proc
+
+
+def save_safetensors(state: dict, path: Path) -> None:
+    # safetensors stores plain row-major tensors; the backbone keeps its weights channels-last
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+
+
+def load_tool(name: str):
+    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+demo_tool = load_tool('demo')
+
+
+def demo_error(*argv) -> str:
+    """Run tools/demo.py in-process; return its error message (it must fail)."""
+    with pytest.raises(SystemExit) as exc:
+        demo_tool.main([str(a) for a in argv])
+    assert isinstance(exc.value.code, str), exc.value.code  # a message, not a bare exit code
+    return exc.value.code
+
+
+def detector_state(**cfg_options) -> dict:
+    """Freshly initialised weights of the tiny RetinaNet-S12 (with config overrides)."""
+    from metaformer_dense.runner_utils import load_config
+    cfg = load_config(str(DET_CFG), cfg_options or None)
+    registry = importlib.import_module(f'{cfg.default_scope}.registry')
+    model = registry.MODELS.build(cfg.model)
+    model.init_weights()
+    return model.state_dict()
+
+
+@pytest.fixture(scope='module')
+def det_weights():
+    return detector_state()
+
+
+def s12_backbone_state() -> dict:
+    torch.manual_seed(0)
+    return MetaFormerBackbone('poolformer_s12').state_dict()
+
+
+def pretrained(path) -> MetaFormerBackbone:
+    model = MetaFormerBackbone('poolformer_s12',
+                               init_cfg=dict(type='Pretrained', checkpoint=str(path)))
+    model.init_weights()
+    return model
+
+
+# ----------------------------------------------------------------------------- broken files
+def _valid(path: Path) -> Path:
+    torch.save({'meta': {}, 'state_dict': s12_backbone_state()}, path)
+    return path
+
+
+def _truncated(path: Path) -> Path:
+    _valid(path)
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    return path
+
+
+def _random_bytes(path: Path) -> Path:
+    path.write_bytes(np.random.default_rng(0).bytes(4096))
+    return path
+
+
+def _empty(path: Path) -> Path:
+    path.write_bytes(b'')
+    return path
+
+
+def _directory(path: Path) -> Path:
+    path.mkdir()
+    return path
+
+
+BROKEN = {
+    'truncated': (_truncated, r'not a readable PyTorch checkpoint; it is probably truncated'),
+    'random bytes': (_random_bytes, r'is not a PyTorch checkpoint \(nor safetensors\)'),
+    'empty': (_empty, r'is an empty file'),
+    'directory': (_directory, r'is a directory; point it at a \.pth or \.safetensors file'),
+}
+
+
+@pytest.mark.parametrize('case', BROKEN)
+def test_broken_checkpoint_files(case, tmp_path):
+    make, message = BROKEN[case]
+    path = make(tmp_path / 'model.pth')
+    with pytest.raises(CheckpointError, match=message):
+        pretrained(path)  # backbone init_cfg
+    assert 'model.pth' in demo_error(COCO / 'val/000001.jpg', DET_CFG, path)
+    with pytest.raises(SystemExit, match=message):  # the same words through the demo
+        demo_tool.main([str(COCO / 'val/000001.jpg'), str(DET_CFG), str(path)])
+
+
+def test_tools_test_names_a_truncated_checkpoint(tmp_path):
+    path = _truncated(tmp_path / 'model.pth')
+    proc = run('tools/test.py', DET_CFG, path, '--work-dir', tmp_path / 'w', ok=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert f"error: '{path}' is not a readable PyTorch checkpoint" in proc.stderr
+
+
+# ----------------------------------------------------------------------------- wrong contents
+def test_backbone_refuses_another_arch_and_a_partial_checkpoint(tmp_path):
+    torch.save(MetaFormerBackbone('poolformer_s24').state_dict(), tmp_path / 's24.pth')
+    with pytest.raises(CheckpointError, match=r'has 120 weights poolformer_s12 does not have.*'
+                       r'depths \(4, 4, 12, 4\).*poolformer_s12 has depths \(2, 2, 6, 2\)'):
+        pretrained(tmp_path / 's24.pth')
+    torch.save(MetaFormerBackbone('poolformer_m36').state_dict(), tmp_path / 'm36.pth')
+    with pytest.raises(CheckpointError, match=r'does not fit poolformer_s12: \d+ shape mismatches'):
+        pretrained(tmp_path / 'm36.pth')
+
+    state = s12_backbone_state()
+    del state['stages.2.blocks.5.mlp.fc2.weight']
+    torch.save(state, tmp_path / 'partial.pth')
+    with pytest.raises(CheckpointError, match=r"lacks 1 backbone weights of poolformer_s12 "
+                       r"\(first: \['stages.2.blocks.5.mlp.fc2.weight'\]\)"):
+        pretrained(tmp_path / 'partial.pth')
+
+
+def test_backbone_reports_extra_and_missing_output_norms(tmp_path):
+    state = s12_backbone_state()
+    imagenet = {k: v for k, v in state.items() if not k.startswith('out_norms.')}
+    torch.save({**imagenet, 'extra.weight': torch.ones(3)}, tmp_path / 'extra.pth')
+    model = MetaFormerBackbone('poolformer_s12')
+    report = model.load_pretrained(str(tmp_path / 'extra.pth'))
+    assert report['unexpected'] == ['extra.weight']
+    assert sorted(report['missing']) == sorted(k for k in state if k.startswith('out_norms.'))
+    assert torch.equal(model.stem.conv.weight, state['stem.conv.weight'])
+
+
+def test_safetensors_dtypes_float16_is_cast_integers_are_refused(tmp_path):
+    state = s12_backbone_state()
+    save_safetensors({k: v.half() for k, v in state.items()}, tmp_path / 'half.safetensors')
+    model = pretrained(tmp_path / 'half.safetensors')
+    weight = model.stages[2].blocks[0].mlp.fc1.weight
+    assert weight.dtype == torch.float32
+    assert torch.equal(weight, state['stages.2.blocks.0.mlp.fc1.weight'].half().float())
+
+    ints = dict(state, **{'stem.conv.weight': (state['stem.conv.weight'] * 1e4).long()})
+    save_safetensors(ints, tmp_path / 'ints.safetensors')
+    with pytest.raises(CheckpointError, match=r'1 weights are stored as integers.*'
+                       r'stem\.conv\.weight \(int64\)'):
+        pretrained(tmp_path / 'ints.safetensors')
+
+
+def test_demo_loads_whole_models_strictly(det_weights, tmp_path):
+    image = COCO / 'val/000001.jpg'
+    s24 = detector_state(**{'model.backbone.arch': 'poolformer_s24'})
+    cases = {
+        'another_arch': (s24, 'unexpected key in source state_dict: backbone.stages.0.blocks.2.'),
+        'extra_key': (dict(det_weights, **{'neck.extra.weight': torch.ones(2)}),
+                      'unexpected key in source state_dict: neck.extra.weight'),
+        'missing_key': ({k: v for k, v in det_weights.items()
+                         if k != 'bbox_head.retina_cls.weight'},
+                        'missing keys in source state_dict: bbox_head.retina_cls.weight'),
+        'int64': (dict(det_weights, **{'backbone.stem.conv.weight':
+                                       det_weights['backbone.stem.conv.weight'].long()}),
+                  'stored as integers'),
+    }
+    for name, (state, message) in cases.items():
+        torch.save({'meta': {}, 'state_dict': state}, tmp_path / f'{name}.pth')
+        error = demo_error(image, DET_CFG, tmp_path / f'{name}.pth', '--out-dir', tmp_path)
+        assert 'does not fit the model of the config' in error and message in error, name
+    # float16 weights are cast on load and the demo draws
+    save_safetensors({k: v.half() for k, v in det_weights.items()},
+                     tmp_path / 'half.safetensors')
+    demo_tool.main([str(image), str(DET_CFG), str(tmp_path / 'half.safetensors'),
+                    '--out-dir', str(tmp_path / 'vis')])
+    assert cv2.imread(str(tmp_path / 'vis/000001.png')).shape == cv2.imread(str(image)).shape
+
+
+def test_tools_test_loads_strictly(det_weights, tmp_path):
+    s24 = detector_state(**{'model.backbone.arch': 'poolformer_s24'})
+    torch.save({'meta': {}, 'state_dict': s24}, tmp_path / 's24.pth')
+    proc = run('tools/test.py', DET_CFG, tmp_path / 's24.pth', '--work-dir', tmp_path / 'w',
+               ok=False)
+    assert proc.returncode != 0
+    assert 'does not fit the model of' in proc.stderr
+    assert 'unexpected key in source state_dict: backbone.stages.0.blocks.2.' in proc.stderr
+    assert 'coco/bbox_mAP' not in proc.stdout + proc.stderr  # nothing was evaluated
+
+    ints = dict(det_weights, **{'backbone.stem.conv.weight':
+                                det_weights['backbone.stem.conv.weight'].long()})
+    torch.save({'meta': {}, 'state_dict': ints}, tmp_path / 'ints.pth')
+    proc = run('tools/test.py', DET_CFG, tmp_path / 'ints.pth', '--work-dir', tmp_path / 'w',
+               ok=False)
+    assert proc.returncode != 0 and 'stored as integers' in proc.stderr
+
+    save_safetensors(det_weights, tmp_path / 'model.safetensors')
+    proc = run('tools/test.py', DET_CFG, tmp_path / 'model.safetensors', ok=False)
+    assert 'tools/convert_checkpoint.py SRC.safetensors DST.pth' in proc.stderr
+
+
+# ----------------------------------------------------------------------------- pickle payloads
+class OpenOnLoad:
+    """Unpickles as ``open(path, 'w')``: loading it creates the file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, 'w')
+
+
+class _BuiltinsModule:
+    """Unpickles as ``getattr(getattr, '__self__')``, i.e. the builtins module."""
+
+    def __reduce__(self):
+        return getattr, (getattr, '__self__')
+
+
+class _BuiltinOpen:
+    """Unpickles as ``getattr(builtins, 'open')``; callable so pickle accepts it as a reducer."""
+
+    def __call__(self, *args):
+        raise AssertionError('only ever unpickled')
+
+    def __reduce__(self):
+        return getattr, (_BuiltinsModule(), 'open')
+
+
+class OpenViaGetattr(OpenOnLoad):
+    """Reaches ``open`` through ``getattr`` alone, a builtin runner checkpoints need allowed."""
+
+    def __reduce__(self):
+        return _BuiltinOpen(), (self.path, 'w')
+
+
+@pytest.mark.parametrize('payload', [OpenOnLoad, OpenViaGetattr])
+def test_pickle_payload_never_runs_through_test_or_demo(payload, det_weights, tmp_path):
+    # The payload is real: unpickled without weights_only it creates its file.
+    proof = tmp_path / 'proof'
+    torch.save({'meta': {'x': payload(proof)}}, tmp_path / 'proof.pth')
+    torch.load(tmp_path / 'proof.pth', weights_only=False)
+    assert proof.exists()
+
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'model.pth'
+    torch.save({'meta': {'note': payload(marker)}, 'state_dict': det_weights}, path)
+    proc = run('tools/test.py', DET_CFG, path, '--work-dir', tmp_path / 'w', ok=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert 'it was refused, because unpickling it could run code' in proc.stderr
+    assert not marker.exists()
+
+    error = demo_error(COCO / 'val/000001.jpg', DET_CFG, path, '--out-dir', tmp_path / 'vis')
+    assert 'it was refused, because unpickling it could run code' in error
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- configs
+CONFIG_ERRORS = {
+    'unknown_argument': (['model.backbone.depth=50'], "unexpected keyword argument 'depth'"),
+    'out_indices': (['model.backbone.out_indices=[1,2,4]'],
+                    'out_indices must be distinct increasing stage indices in 0..3, got (1, 2, 4)'),
+    'frozen_stages': (['model.backbone.frozen_stages=5'],
+                      'frozen_stages must be an int in -1..4'),
+    'arch': (['model.backbone.arch=poolformer_s13'], "unknown MetaFormer arch 'poolformer_s13'"),
+    'data_root': (['train_dataloader.dataset.data_root=/nonexistent/coco/'],
+                  "train_dataloader.dataset.data_root = '/nonexistent/coco/': no such directory"),
+}
+
+
+@pytest.mark.parametrize('case', CONFIG_ERRORS)
+def test_train_rejects_bad_config(case, tmp_path):
+    options, message = CONFIG_ERRORS[case]
+    proc = run('tools/train.py', DET_CFG, '--work-dir', tmp_path, '--cfg-options', *options,
+               ok=False)
+    assert proc.returncode != 0
+    if case == 'data_root':  # found before anything is built: a message, no stack trace
+        assert message in proc.stderr and 'Traceback' not in proc.stderr
+    else:  # raised while the Runner builds the model: the last line says what is wrong
+        assert message in proc.stderr.strip().splitlines()[-1], proc.stderr[-2000:]
+    assert not list(tmp_path.glob('*.pth'))
+
+
+# ----------------------------------------------------------------------------- images
+def _write_odd_images(folder: Path) -> dict:
+    rng = np.random.default_rng(0)
+    photo = cv2.imread(str(COCO / 'val/000001.jpg'))
+    images = {
+        'gray.png': cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY),
+        'rgba.png': np.dstack([photo, np.full(photo.shape[:2], 128, np.uint8)]),
+        'deep16.png': photo.astype(np.uint16) * 257,
+        'tiny.png': rng.integers(0, 255, (12, 20, 3), dtype=np.uint8),
+        'wide.png': rng.integers(0, 255, (8, 2000, 3), dtype=np.uint8),
+        'tall.png': rng.integers(0, 255, (1200, 10, 3), dtype=np.uint8),
+    }
+    for name, img in images.items():
+        assert cv2.imwrite(str(folder / name), img)
+    return {name: img.shape[:2] for name, img in images.items()}
+
+
+def test_demo_handles_odd_images(det_weights, tmp_path):
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    shapes = _write_odd_images(folder)
+    torch.save({'meta': {}, 'state_dict': det_weights}, tmp_path / 'model.pth')
+    demo_tool.main([str(folder), str(DET_CFG), str(tmp_path / 'model.pth'),
+                    '--out-dir', str(tmp_path / 'vis'), '--score-thr', '0',
+                    '--cfg-options', 'model.test_cfg.score_thr=0.0'])
+    for name, shape in shapes.items():
+        drawn = cv2.imread(str(tmp_path / 'vis' / name), cv2.IMREAD_UNCHANGED)
+        assert drawn.shape == (*shape, 3) and drawn.dtype == np.uint8, name
+    # 16-bit samples become 8-bit by dropping the low byte, not by clipping
+    photo = cv2.imread(str(COCO / 'val/000001.jpg'))
+    np.testing.assert_array_equal(demo_tool.read_image(str(folder / 'deep16.png')), photo)
+
+
+def test_demo_names_a_corrupt_image(det_weights, tmp_path):
+    torch.save({'meta': {}, 'state_dict': det_weights}, tmp_path / 'model.pth')
+    jpeg = (COCO / 'val/000002.jpg').read_bytes()
+    cases = {
+        'truncated.jpg': (jpeg[:len(jpeg) // 2], 'is corrupt or truncated'),
+        'noise.jpg': (np.random.default_rng(0).bytes(2000), 'is not an image file'),
+        'empty.jpg': (b'', 'is an empty file'),
+    }
+    good = COCO / 'val/000001.jpg'
+    for name, (data, message) in cases.items():
+        (tmp_path / name).write_bytes(data)
+        error = demo_error(good, tmp_path / name, DET_CFG, tmp_path / 'model.pth',
+                           '--out-dir', tmp_path / 'vis')
+        assert f"{str(tmp_path / name)!r}" in error and message in error, error
+    assert not (tmp_path / 'vis').exists()  # checked before anything was drawn
+    assert 'image not found' in demo_error(tmp_path / 'nope.jpg', DET_CFG, tmp_path / 'model.pth')
+
+
+def test_train_on_images_without_boxes_and_a_degenerate_box(tmp_path):
+    """An image without annotations and one whose only box has zero width train fine."""
+    root = tmp_path / 'data'
+    (root / 'train').mkdir(parents=True)
+    (root / 'annotations').mkdir()
+    gray = cv2.cvtColor(cv2.imread(str(COCO / 'train/000001.jpg')), cv2.COLOR_BGR2GRAY)
+    cv2.imwrite(str(root / 'train/empty.jpg'), gray)
+    (root / 'train/degenerate.jpg').write_bytes((COCO / 'train/000002.jpg').read_bytes())
+    height, width = gray.shape
+    coco = json.loads((COCO / 'annotations/instances_train.json').read_text())
+    ann = dict(images=[dict(id=1, file_name='empty.jpg', height=height, width=width),
+                       dict(id=2, file_name='degenerate.jpg', height=height, width=width)],
+               annotations=[dict(id=1, image_id=2, category_id=coco['categories'][0]['id'],
+                                 bbox=[30.0, 20.0, 0.0, 40.0], area=0.0, iscrowd=0)],
+               categories=coco['categories'])
+    (root / 'annotations/train.json').write_text(json.dumps(ann))
+    work = tmp_path / 'work'
+    run('tools/train.py', DET_CFG, '--work-dir', work, '--cfg-options',
+        f'train_dataloader.dataset.data_root={root}/',
+        'train_dataloader.dataset.ann_file=annotations/train.json',
+        'train_dataloader.dataset.filter_cfg.filter_empty_gt=False',
+        'train_dataloader.batch_size=2', 'train_cfg.max_iters=1', 'train_cfg.val_interval=100',
+        'default_hooks.checkpoint.interval=1')
+    (scalars,) = work.glob('*/vis_data/scalars.json')
+    (record,) = [r for r in map(json.loads, scalars.read_text().splitlines()) if 'loss' in r]
+    assert record['iter'] == 1 and math.isfinite(record['loss'])
+    assert record['loss_bbox'] == 0.0  # no box survived: only the classifier learned
+    assert (work / 'iter_1.pth').is_file()
+
+
+# ----------------------------------------------------------------------------- kill and resume
+RESUME_CFG = '''
+_base_ = {base!r}
+# 96 px, two images, batch 1: two iterations per epoch, three epochs. No random flip, so a
+# resumed run sees exactly the data an uninterrupted one does.
+img_scale = (96, 96)
+train_pipeline = [
+    dict(type='LoadImageFromFile'),
+    dict(type='LoadAnnotations', with_bbox=True),
+    dict(type='Resize', scale=img_scale, keep_ratio=True),
+    dict(type='PackDetInputs')
+]
+train_dataloader = dict(batch_size=1, dataset=dict(indices=2, pipeline=train_pipeline))
+max_epochs = 3
+train_cfg = dict(max_epochs=max_epochs, val_interval=100)
+# lr changes every iteration (warm-up) and halves for the third epoch (a by-epoch step)
+param_scheduler = [
+    dict(type='LinearLR', start_factor=0.1, by_epoch=False, begin=0, end=6),
+    dict(type='MultiStepLR', by_epoch=True, begin=0, end=max_epochs, milestones=[2], gamma=0.5)
+]
+default_hooks = dict(logger=dict(interval=1), checkpoint=dict(interval=1, max_keep_ckpts=-1))
+log_processor = dict(window_size=1)
+'''
+
+
+def _records(work: Path) -> list:
+    runs = []
+    for path in sorted(work.glob('*/vis_data/scalars.json')):
+        runs.append([json.loads(line) for line in path.read_text().splitlines()
+                     if '"lr"' in line])
+    return runs
+
+
+def test_sigkill_mid_epoch_resumes_with_the_same_schedule(tmp_path):
+    cfg = tmp_path / 'resume_cfg.py'
+    cfg.write_text(RESUME_CFG.format(base=str(DEMO_DET_CFG)))
+    full, killed = tmp_path / 'full', tmp_path / 'killed'
+    uninterrupted = subprocess.Popen(
+        [sys.executable, 'tools/train.py', str(cfg), '--work-dir', str(full)], cwd=REPO,
+        env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    proc = subprocess.Popen([sys.executable, 'tools/train.py', str(cfg), '--work-dir',
+                             str(killed)], cwd=REPO, env=ENV, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 500
+    while proc.poll() is None and time.time() < deadline:
+        logged = {r['iter'] for run in _records(killed) for r in run}
+        if (killed / 'epoch_1.pth').exists() and 3 in logged:
+            break  # an epoch is saved and the next one is under way
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, 'the run ended before it could be killed'
+    assert uninterrupted.wait(timeout=600) == 0
+
+    # What an interrupted save (or an older run) can leave: a partial temporary file, and a
+    # pointer naming a checkpoint that was never completed.
+    from metaformer_dense import allow_runner_checkpoints
+    allow_runner_checkpoints()
+    last_good = Path((killed / 'last_checkpoint').read_text().strip())
+    saved_epoch = int(last_good.stem.split('_')[1])
+    saved_iter = torch.load(last_good, weights_only=True)['meta']['iter']
+    assert saved_iter == 2 * saved_epoch < 6
+    nxt = killed / f'epoch_{saved_epoch + 1}.pth'
+    Path(f'{nxt}.tmp').write_bytes(last_good.read_bytes()[:100_000])
+    (killed / 'last_checkpoint').write_text(str(nxt))
+
+    resumed = run('tools/train.py', cfg, '--work-dir', killed, '--resume')
+    assert f'resumed epoch: {saved_epoch}, iter: {saved_iter}' in resumed.stdout + resumed.stderr
+
+    (reference,) = _records(full)
+    by_iter = {r['iter']: r for r in reference}
+    assert [r['iter'] for r in reference] == [1, 2, 3, 4, 5, 6]
+    assert len({r['lr'] for r in reference}) == 6  # every iteration's lr differs
+    *_, after = _records(killed)
+    assert [r['iter'] for r in after] == list(range(saved_iter + 1, 7))
+    for record in after:
+        expected = by_iter[record['iter']]
+        assert record['epoch'] == expected['epoch']
+        assert record['lr'] == pytest.approx(expected['lr'], rel=1e-9)
+        # same weights, optimizer state and data: the same loss
+        assert record['loss'] == pytest.approx(expected['loss'], rel=1e-3)
+    final = torch.load(killed / 'epoch_3.pth', weights_only=True)
+    assert final['meta']['iter'] == 6 and final['meta']['epoch'] == 3
+    assert (killed / 'last_checkpoint').read_text().strip() == str(killed / 'epoch_3.pth')
