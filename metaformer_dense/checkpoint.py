@@ -142,24 +142,39 @@ def convert_state_dict(state_dict: Mapping[str, Tensor],
             given, a tensor whose shape differs from its target only by trailing singleton
             dimensions (a ``Linear`` weight feeding a 1x1 ``Conv2d``, as the official baselines
             store their MLPs) is reshaped to the target shape. Nothing else is reshaped.
+            Dtypes are checked against it too: integer or bool tensors where the target is
+            floating point are refused; other floating dtypes (float16, bfloat16, float64) are
+            kept here and cast to the model's dtype by ``load_state_dict``.
 
     Returns:
         A :class:`ConversionResult`; tensors are not copied.
+
+    Raises:
+        CheckpointError: Unknown layout, or non-floating tensors where ``reference`` has
+            floating-point ones (a corrupt or mislabelled file: casting them would load garbage).
     """
     fmt = detect_format(state_dict.keys())
     result = ConversionResult(state_dict={}, source_format=fmt)
+    wrong_dtype = []
     for key, value in state_dict.items():
         new = _rename_key(key, fmt)
         if new is None:
             result.dropped.append(key)
             continue
         if reference is not None and new in reference:
+            if reference[new].dtype.is_floating_point and not value.dtype.is_floating_point:
+                wrong_dtype.append(f'{key} ({str(value.dtype).replace("torch.", "")})')
             target = tuple(reference[new].shape)
             if tuple(value.shape) != target and _differs_by_singletons(tuple(value.shape), target):
                 value = value.reshape(target)
         if new != key:
             result.renamed.append((key, new))
         result.state_dict[new] = value
+    if wrong_dtype:
+        raise CheckpointError(
+            f'{len(wrong_dtype)} weights are stored as integers or bools where the model has '
+            f'floating-point parameters (first: {", ".join(wrong_dtype[:3])}); the file is corrupt '
+            'or was written by a broken export: re-export the weights as float32 or float16')
     return result
 
 
@@ -219,8 +234,10 @@ def read_checkpoint(path: str) -> dict:
     except pickle.UnpicklingError as exc:
         msg = str(exc)
         found = re.search(r'GLOBAL ([\w.]+)|Unsupported global: GLOBAL ([\w.]+)', msg)
-        if found:
-            name = found.group(1) or found.group(2)
+        # An allowed global (e.g. getattr) used to reach and call a refused function
+        called = re.search(r'call reduce for unrecognized function (.+?) which belongs', msg)
+        if found or called:
+            name = (found.group(1) or found.group(2)) if found else called.group(1)
             raise CheckpointError(
                 f'checkpoint {path!r} contains a pickled Python object ({name}) that is not a '
                 'tensor or plain container; it was refused, because unpickling it could run code. '
