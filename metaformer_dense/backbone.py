@@ -217,8 +217,15 @@ class MetaFormerBackbone(BaseModule):
             raise CheckpointError(
                 f'checkpoint {path!r} lacks {len(body_missing)} backbone weights of {self.arch} '
                 f'(first: {body_missing[:3]}); {self._describe(sd)}')
-        # Weights of stages this backbone does not build (out_indices stop early) are unused.
+        # Weights of stages this backbone does not build (out_indices stop early) are unused;
+        # extra blocks inside the stem or a built stage mean a deeper arch (s24 into s12).
         unexpected = [k for k in sd if k not in own]
+        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
+        extra = [k for k in unexpected if k.startswith(built)]
+        if extra:
+            raise CheckpointError(
+                f'checkpoint {path!r} has {len(extra)} weights {self.arch} does not have '
+                f'(first: {extra[:3]}); {self._describe(sd)}')
         self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
         report = dict(missing=missing, unexpected=unexpected, dropped=conv.dropped)
         print_log(f'Loaded {conv.source_format} checkpoint {path} into {self.arch}: '
