@@ -49,8 +49,12 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
                     or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
-    if '://' not in args.checkpoint and not osp.isfile(args.checkpoint):
-        raise ValueError(f'checkpoint not found: {args.checkpoint}')
+    if '://' not in args.checkpoint:
+        if not osp.isfile(args.checkpoint):
+            raise ValueError(f'checkpoint not found: {args.checkpoint}')
+        if args.checkpoint.endswith('.safetensors'):
+            raise ValueError(f'{args.checkpoint}: the Runner reads .pth checkpoints; write one with '
+                             'tools/convert_checkpoint.py SRC.safetensors DST.pth')
     cfg.load_from = args.checkpoint
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must name a .pkl or .pickle file, got {args.out}')
@@ -76,16 +80,28 @@ def main() -> None:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
+    from metaformer_dense.checkpoint import read_checkpoint
     from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
                                                setup_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
         check_dataset_paths(cfg, ['test_dataloader', 'test_evaluator'])
+        if '://' not in args.checkpoint:
+            # Empty, truncated, non-checkpoint or code-carrying files get a named error (a
+            # CheckpointError is a ValueError) instead of a stack trace from inside torch.load.
+            read_checkpoint(args.checkpoint)
         setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    # The Runner's own load is strict=False: a checkpoint of another model would only warn and
+    # the test would score random weights. Load strictly here; the Runner then skips its load.
+    try:
+        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
+    except RuntimeError as err:
+        sys.exit(f'error: {args.checkpoint} does not fit the model of {args.config} '
+                 f'(wrong config for this checkpoint?):\n{err}')
     if args.out:
         if cfg.default_scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults
