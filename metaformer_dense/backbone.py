@@ -50,6 +50,10 @@ class MetaFormerBackbone(BaseModule):
             code that inspects ``.training``; it is accepted for config compatibility.
         drop_path_rate: Stochastic depth rate, increasing linearly over blocks (timm's rule).
         with_cp: Checkpoint block activations to save memory at the cost of recomputation.
+        layer_scale_init_value: Initial value of every layer scale, for training from scratch;
+            ``None`` keeps the arch's own (1e-5 / 1e-6 for PoolFormer v1, which leaves the blocks
+            nearly inert for hundreds of iterations without ImageNet weights). Loaded
+            checkpoints overwrite it.
         channels_last: Run the stem and stages in channels-last (NHWC) memory format: the
             weights are stored that way and the input is converted on entry. The math is the same
             (outputs agree with NCHW to float rounding); CPU and GPU convolutions, pooling and
@@ -71,6 +75,7 @@ class MetaFormerBackbone(BaseModule):
                  norm_eval: bool = False,
                  drop_path_rate: float = 0.0,
                  with_cp: bool = False,
+                 layer_scale_init_value: Optional[float] = None,
                  channels_last: bool = True,
                  compile: Union[bool, dict] = False,
                  init_cfg: Optional[dict] = None):
@@ -118,6 +123,13 @@ class MetaFormerBackbone(BaseModule):
         self.depths: Tuple[int, ...] = tuple(len(s.blocks) for s in body.stages)
         self.dims: Tuple[int, ...] = tuple(f['num_chs'] for f in body.feature_info)
         del body  # the classifier head is not kept
+        if layer_scale_init_value is not None:
+            scales = [p for n, p in self.named_parameters() if 'layer_scale' in n]
+            if not scales:
+                raise ValueError(f'{arch} has no layer scales; drop layer_scale_init_value')
+            with torch.no_grad():
+                for p in scales:
+                    p.fill_(float(layer_scale_init_value))
         if self.channels_last:
             # Loading (load_state_dict copies in place) and initialisation keep this layout.
             self.to(memory_format=torch.channels_last)

@@ -131,3 +131,14 @@ def test_drop_path_is_stochastic_in_training_only():
 def test_bad_arguments_raise(kwargs, err, text):
     with pytest.raises(err, match=text):
         MetaFormerBackbone(**kwargs)
+
+
+def test_layer_scale_init_value_for_training_from_scratch():
+    default = MetaFormerBackbone('poolformer_s36')
+    scales = [p for n, p in default.named_parameters() if 'layer_scale' in n]
+    assert scales and all(torch.all(p == 1e-6) for p in scales)  # s36's own init
+    model = MetaFormerBackbone('poolformer_s36', layer_scale_init_value=0.5)
+    scales = [p for n, p in model.named_parameters() if 'layer_scale' in n]
+    assert len(scales) == 2 * sum(model.depths) and all(torch.all(p == 0.5) for p in scales)
+    with pytest.raises(ValueError, match='no layer scales'):
+        MetaFormerBackbone('convformer_s18', layer_scale_init_value=0.5)
