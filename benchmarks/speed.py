@@ -416,45 +416,63 @@ def _status_kb(field: str) -> int:
     raise RuntimeError(f'{field} not in /proc/self/status')
 
 
-def scaling_worker(impl: str, arch: str, h: int, w: int, mode: str, device_name: str,
-                   repeats: int) -> dict:
-    """Measure one scaling point in this (fresh) process; printed as JSON by ``--scaling-worker``."""
+def _release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS so the next RSS peak counts new memory only."""
+    gc.collect()
+    try:
+        import ctypes
+        ctypes.CDLL('libc.so.6').malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: peaks after the first may read low
+        pass
+
+
+def scaling_worker(impl: str, arch: str, mode: str, device_name: str, repeats: int,
+                   sizes: Sequence[Tuple[int, int]]) -> List[dict]:
+    """Measure scaling points, smallest input first, in this fresh process (``--scaling-worker``)."""
     device = torch.device(device_name)
     model = build_backbones(arch, [impl] if impl == 'toolkit' else ['toolkit', impl])[impl]
     model.to(device).train(mode != 'forward')
-    x = torch.randn(1, 3, h, w).to(device)
     fn = _forward if mode == 'forward' else _forward_backward
-    gc.collect()
-    if device.type == 'cuda':
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        with open('/proc/self/clear_refs', 'w') as f:  # resets the peak RSS (VmHWM)
-            f.write('5')
-        base = _status_kb('VmRSS') * 1024
-    t0 = time.perf_counter()
-    fn(model, x, None)
-    _sync(device)
-    first = time.perf_counter() - t0
-    if device.type == 'cuda':
-        peak = torch.cuda.max_memory_allocated() - base
-        mem_kind = 'torch.cuda.max_memory_allocated - allocated before'
-    else:
-        peak = _status_kb('VmHWM') * 1024 - base
-        mem_kind = 'peak RSS (VmHWM) - RSS before, first call'
+    # One call first, so one-time costs (kernel libraries' set-up) are in no point's numbers.
+    fn(model, torch.randn(1, 3, *sizes[0]).to(device), None)
     model.zero_grad(set_to_none=True)
-    times = []
-    for _ in range(repeats):
-        _sync(device)
+    rows = []
+    for h, w in sizes:
+        x = torch.randn(1, 3, h, w).to(device)
+        _release_freed_memory()
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+        else:
+            with open('/proc/self/clear_refs', 'w') as f:  # resets the peak RSS (VmHWM)
+                f.write('5')
+            base = _status_kb('VmRSS') * 1024
         t0 = time.perf_counter()
         fn(model, x, None)
         _sync(device)
-        times.append(time.perf_counter() - t0)
+        first = time.perf_counter() - t0
+        if device.type == 'cuda':
+            peak = torch.cuda.max_memory_allocated() - base
+            mem_kind = 'torch.cuda.max_memory_allocated minus memory allocated before'
+        else:
+            peak = _status_kb('VmHWM') * 1024 - base
+            mem_kind = ('peak RSS (VmHWM) minus RSS before the call, freed heap returned to the '
+                        'OS before each point')
         model.zero_grad(set_to_none=True)
-    return dict(impl=impl, arch=arch, input=[h, w], mode=mode, device=device.type,
-                first_call_s=first, median_s=statistics.median(times), times_s=times,
-                peak_mem_mb=peak / 2 ** 20, memory=mem_kind)
+        times = []
+        for _ in range(repeats):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn(model, x, None)
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+            model.zero_grad(set_to_none=True)
+        rows.append(dict(impl=impl, arch=arch, input=[h, w], mode=mode, device=device.type,
+                         first_call_s=first, median_s=statistics.median(times), times_s=times,
+                         peak_mem_mb=peak / 2 ** 20, memory=mem_kind))
+        del x
+    return rows
 
 
 def scaling_size(short: int) -> Tuple[int, int]:
@@ -462,21 +480,21 @@ def scaling_size(short: int) -> Tuple[int, int]:
     return short, 32 * round(short * 1.52 / 32)
 
 
-def bench_scaling(arch: str, impls: Sequence[str], modes: Sequence[str], repeats: int,
+def bench_scaling(arch: str, points: Sequence[Tuple[str, str]], repeats: int,
                   device: torch.device, progress) -> list:
+    """One fresh process per (implementation, mode), each measuring all sizes, smallest first."""
+    sizes = [scaling_size(s) for s in SCALE_SHORT_SIDES]
     rows = []
-    for short in SCALE_SHORT_SIDES:
-        h, w = scaling_size(short)
-        for mode in modes:
-            for impl in impls:
-                progress.set_postfix_str(f'scaling {impl} {h}x{w} {mode}')
-                cmd = [sys.executable, str(Path(__file__).resolve()), '--scaling-worker',
-                       impl, arch, str(h), str(w), mode, device.type, str(repeats)]
-                out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
-                if out.returncode != 0:
-                    raise RuntimeError(f'scaling worker failed: {shlex.join(cmd)}\n{out.stderr}')
-                rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-                progress.update(1)
+    for impl, mode in points:
+        progress.set_postfix_str(f'scaling {impl} {mode}')
+        cmd = [sys.executable, str(Path(__file__).resolve()), '--scaling-worker',
+               impl, arch, mode, device.type, str(repeats),
+               ','.join(f'{h}x{w}' for h, w in sizes)]
+        out = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+        if out.returncode != 0:
+            raise RuntimeError(f'scaling worker failed: {shlex.join(cmd)}\n{out.stderr}')
+        rows += json.loads(out.stdout.strip().splitlines()[-1])
+        progress.update(len(sizes))
     return rows
 
 
@@ -642,7 +660,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument('--out', default=None,
                    help='output stem (default: benchmarks/results/speed_<device>; '
                         '--quick: no files written unless given)')
-    p.add_argument('--scaling-worker', nargs=7, metavar='ARG', help=argparse.SUPPRESS)
+    p.add_argument('--scaling-worker', nargs=6, metavar='ARG', help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
 
@@ -658,8 +676,9 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     if args.scaling_worker:
-        impl, arch, h, w, mode, dev, rep = args.scaling_worker
-        print(json.dumps(scaling_worker(impl, arch, int(h), int(w), mode, dev, int(rep))))
+        impl, arch, mode, dev, rep, sizes = args.scaling_worker
+        print(json.dumps(scaling_worker(impl, arch, mode, dev, int(rep),
+                                        [_size(s) for s in sizes.split(',')])))
         return {}
     from tqdm import tqdm
 
@@ -688,14 +707,14 @@ def main(argv=None) -> dict:
     if do['retinanet'] and not retina_config.exists():
         print(f'note: {retina_config} does not exist: skipping the RetinaNet step', flush=True)
         do['retinanet'] = False
-    scale_impls = ['toolkit', 'timm'] if 'timm' in args.impls else ['toolkit']
-    scale_modes = ('forward', 'forward+backward')
+    # Inference memory of toolkit and timm; training memory of the toolkit.
+    scale_points = [('toolkit', 'forward'), ('toolkit', 'forward+backward')] + (
+        [('timm', 'forward')] if 'timm' in args.impls else [])
 
     per_cell = args.warmup + args.repeats
     total = len(archs) * len(sizes) * len(amps) * 2 * per_cell * len(args.impls)
     total += do['retinanet'] * per_cell * len(args.impls)
-    total += do['scaling'] * (0 if args.quick else len(SCALE_SHORT_SIDES)) * len(scale_modes) * \
-        len(scale_impls)
+    total += do['scaling'] * (0 if args.quick else len(SCALE_SHORT_SIDES)) * len(scale_points)
     total += do['switches'] * per_cell * 3
 
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
@@ -713,8 +732,8 @@ def main(argv=None) -> dict:
                                                retina_size, args.repeats, args.warmup, device,
                                                bar)
         if do['scaling'] and not args.quick:
-            rec['scaling'] = bench_scaling('poolformer_s12', scale_impls, scale_modes,
-                                           scale_repeats, device, bar)
+            rec['scaling'] = bench_scaling('poolformer_s12', scale_points, scale_repeats, device,
+                                           bar)
         if do['switches']:
             rec['switches'] = bench_switches('poolformer_s12', sizes[0], args.repeats,
                                              args.warmup, device, bar)
