@@ -37,11 +37,16 @@ if [[ ! -x "$VENV/bin/python" ]]; then
   "$PYTHON" -m venv "$VENV" || die "could not create a venv with $PYTHON (is the venv module installed?)"
 fi
 PY="$VENV/bin/python"
-PIP=("$PY" -m pip install --disable-pip-version-check -q)
+# pip install, minus one harmless warning some machines' pip configs print per package
+# (an extra index folder that lacks the package); pipefail keeps pip's own exit status.
+pip_install() {
+  "$PY" -m pip install --disable-pip-version-check -q "$@" 2>&1 \
+    | { grep -v 'is ignored: it is neither a file nor a directory' || true; }
+}
 
 log "installing torch and build tools (torch is a large download the first time)"
-"${PIP[@]}" --upgrade pip wheel ninja
-"${PIP[@]}" -r "$ROOT/requirements/runtime.txt"
+pip_install --upgrade pip wheel ninja
+pip_install -r "$ROOT/requirements/runtime.txt"
 
 # ---- mmcv: cached wheel, or build it -------------------------------------------------------
 key="$("$PY" - <<'PY'
@@ -79,12 +84,12 @@ else
   else
     log "using cached mmcv wheel from $wheel_dir"
   fi
-  "${PIP[@]}" --no-deps "$wheel_dir"/mmcv-*.whl
-  "${PIP[@]}" addict packaging pyyaml yapf opencv-python  # mmcv's own runtime deps
+  pip_install --no-deps "$wheel_dir"/mmcv-*.whl
+  pip_install addict packaging pyyaml yapf opencv-python  # mmcv's own runtime deps
 fi
 
-"${PIP[@]}" -r "$ROOT/requirements/tests.txt"
-"${PIP[@]}" --no-deps -e "$ROOT"
+pip_install -r "$ROOT/requirements/tests.txt"
+pip_install --no-deps -e "$ROOT"
 "$PY" -c "import mmcv.ops, mmdet, mmseg, timm, mmdet_plugin, mmseg_plugin" \
   || die "the environment was installed but imports fail (see the traceback above)"
 echo "$want_stamp" > "$STAMP"
