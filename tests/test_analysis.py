@@ -1,17 +1,12 @@
 """tools/analysis/benchmark_report.py: the cells a user reads, filled from real models and files."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location(
-    'benchmark_report', ROOT / 'tools' / 'analysis' / 'benchmark_report.py')
-report = importlib.util.module_from_spec(_spec)
-sys.modules['benchmark_report'] = report  # dataclasses look their module up there
-_spec.loader.exec_module(report)
+report = load_tool('analysis/benchmark_report')
 
 SEG_S12 = str(ROOT / 'configs' / 'semantic_fpn_poolformer_s12.py')
 RETINA_S12 = str(ROOT / 'configs' / 'retinanet_poolformer_s12.py')

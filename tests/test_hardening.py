@@ -14,11 +14,9 @@ Decided behaviours (also in the tools' docs):
   ``Pretrained`` init; whole-model loading in tools/test.py and tools/demo.py is strict.
 """
 import importlib
-import importlib.util
 import json
 import math
 import os
-import pickle
 import signal
 import subprocess
 import sys
@@ -32,6 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from metaformer_dense import CheckpointError, MetaFormerBackbone
+from tool_loader import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
@@ -52,13 +51,6 @@ def run(*args, ok: bool = True, timeout: int = 600) -> subprocess.CompletedProce
 def save_safetensors(state: dict, path: Path) -> None:
     # safetensors stores plain row-major tensors; the backbone keeps its weights channels-last
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 demo_tool = load_tool('demo')

@@ -6,7 +6,7 @@ paper's release layout. The converter round-trips every checkpoint layout users 
 keys come from mmpretrain's PoolFormer and timm keys from timm's own ``checkpoint_filter_fn``, so
 the expected outputs never pass through this toolkit's conversion code.
 """
-import importlib.util
+import importlib
 import os
 import subprocess
 import sys
@@ -20,6 +20,7 @@ from safetensors.torch import save_file
 
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.checkpoint import read_checkpoint
+from tool_loader import load_tool
 
 REPO = Path(__file__).resolve().parents[1]
 DET_TOOLS_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
@@ -31,14 +32,6 @@ ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBL
 X = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 # Untrained models score below the configs' own thresholds: keep every prediction.
 KEEP_ALL = ['--score-thr', '0', '--cfg-options', 'model.test_cfg.score_thr=0.0']
-
-
-def load_tool(name: str):
-    """Import tools/<name>.py as a module (the tools are scripts, not a package)."""
-    spec = importlib.util.spec_from_file_location(f'tool_{name}', REPO / 'tools' / f'{name}.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 demo_tool = load_tool('demo')
