@@ -147,9 +147,14 @@ def build_backbones(arch: str, impls: Sequence[str], seed: int = 0) -> Dict[str,
 # Agreement checks
 # ----------------------------------------------------------------------------------------------
 def _stage_outputs(model: MetaFormerBackbone, x: torch.Tensor) -> List[torch.Tensor]:
-    """Raw stage outputs of a toolkit backbone (before its output norms)."""
+    """Raw stage outputs of a toolkit backbone: the inputs of its output norms.
+
+    (Hooks on the stages themselves would send the backbone down timm's module path, which
+    is not the path being measured.)
+    """
     raw: List[torch.Tensor] = []
-    hooks = [s.register_forward_hook(lambda _m, _i, out: raw.append(out)) for s in model.stages]
+    hooks = [n.register_forward_pre_hook(lambda _m, args: raw.append(args[0]))
+             for n in model.out_norms.values()]
     try:
         model(x)
     finally:

@@ -1,0 +1,230 @@
+"""CPU execution of timm MetaFormer stages: the same weights and math, less memory traffic.
+
+:class:`~metaformer_dense.backbone.MetaFormerBackbone` runs its stages through this module on
+CPU in channels-last layout (its default) and through timm's modules otherwise (GPU, NCHW,
+autocast, gradient checkpointing). It reads the parameters of timm's modules in place: the
+module tree, the state dict and checkpoints are those of timm's stages.
+
+Where the time goes in timm's eager blocks on CPU is not the matrix products but the 4x wider
+hidden activation of the MLP: at 800x1216 the first stage writes 62 MB for ``fc1``'s output and
+62 MB more for the activation's, per block, into freshly faulted-in memory, and reads both back.
+Here:
+
+* **The MLP runs in row chunks.** In channels-last memory a ``(N, C, H, W)`` tensor is a
+  ``(N*H*W, C)`` matrix and the 1x1 convolutions ``fc1``/``fc2`` are matrix products. The hidden
+  activation is produced, activated and consumed one chunk of rows at a time, so it stays in
+  the CPU cache. In training, a custom autograd function keeps only ``fc1``'s output for the
+  backward pass (timm's graph keeps the activation's output too) and recomputes the activation
+  chunk by chunk there; the weight gradients are accumulated chunk by chunk.
+* **Inference updates the residual stream in place** (``x = res_scale * x + layer_scale *
+  branch`` with ``mul_`` / ``addcmul_``) instead of allocating a tensor for every ``*`` and
+  ``+``, and the pooling mixer ``pool(y) - y`` subtracts in place.
+
+The operations and their order per element are timm's ``MetaFormerBlock``'s; only the
+summation order inside the matrix products (and of the chunked weight gradients) differs:
+float rounding, about 1e-6 in fp32. ``tests/test_fast_path.py`` and ``benchmarks/speed.py``
+check outputs and gradients against timm and mmpretrain.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timm.models.metaformer import MetaFormerBlock, MetaFormerStage, Pooling, Scale, StarReLU
+
+__all__ = ['applies', 'has_hooks', 'stage_supported', 'stage_forward']
+
+# Bytes of hidden activation per MLP chunk: rows x hidden floats, sized to stay in cache.
+CHUNK_BYTES = 4 << 20
+
+
+def applies(x: torch.Tensor) -> bool:
+    """Whether this module's path applies to ``x`` (CPU, fp32, channels-last, no autocast)."""
+    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype == torch.float32
+            and not torch.is_autocast_enabled('cpu')
+            and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def _supported_block(block: nn.Module) -> bool:
+    if not isinstance(block, MetaFormerBlock):
+        return False
+    mlp = block.mlp
+    convs = (getattr(mlp, 'fc1', None), getattr(mlp, 'fc2', None))
+    return (all(isinstance(c, nn.Conv2d) and c.kernel_size == (1, 1) and c.groups == 1
+                and c.stride == (1, 1) and c.padding == (0, 0) for c in convs)
+            and isinstance(getattr(mlp, 'norm', None), nn.Identity)
+            and all(isinstance(m, (Scale, nn.Identity)) for m in (
+                block.layer_scale1, block.layer_scale2, block.res_scale1, block.res_scale2)))
+
+
+def stage_supported(stage: nn.Module) -> bool:
+    """Stages whose blocks are channels-first MetaFormer blocks with a 1x1-conv MLP."""
+    return (isinstance(stage, MetaFormerStage) and stage.use_nchw
+            and all(_supported_block(b) for b in stage.blocks))
+
+
+def has_hooks(module: nn.Module) -> bool:
+    """Whether running ``module`` through this path would skip hooks someone registered."""
+    return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
+               or m._backward_pre_hooks for m in module.modules())
+
+
+def _chunk_rows(hidden: int) -> int:
+    return max(64, CHUNK_BYTES // (4 * hidden))
+
+
+def _scale(module: nn.Module) -> Optional[torch.Tensor]:
+    """Per-channel factor of a timm ``Scale`` (None for ``Identity``)."""
+    return module.scale if isinstance(module, Scale) else None
+
+
+def _matrix(t: torch.Tensor) -> torch.Tensor:
+    """``(N, C, H, W)`` channels-last tensor as its ``(N*H*W, C)`` matrix (a view: writes land
+    in ``t``; raises if ``t`` is not channels-last contiguous)."""
+    return t.permute(0, 2, 3, 1).view(-1, t.shape[1])
+
+
+def _weights(mlp: nn.Module):
+    """``fc1``/``fc2`` weights as ``(hidden, C)`` / ``(C, hidden)`` matrices (views)."""
+    w1 = mlp.fc1.weight.reshape(mlp.fc1.out_channels, mlp.fc1.in_channels)
+    w2 = mlp.fc2.weight.reshape(mlp.fc2.out_channels, mlp.fc2.in_channels)
+    return w1, w2
+
+
+def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
+    return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
+
+
+def _activate(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
+    """The MLP's activation on a chunk (may overwrite ``h``)."""
+    if isinstance(act, nn.GELU):
+        return F.gelu(h, approximate=act.approximate)
+    if isinstance(act, StarReLU):
+        # scale * relu(h) ** 2 + bias, as timm's StarReLU, computed in place.
+        return h.relu_().square_().mul_(act.scale).add_(act.bias)
+    return act(h)
+
+
+def _residual_(x: torch.Tensor, res_scale: Optional[torch.Tensor],
+               layer_scale: Optional[torch.Tensor], branch: torch.Tensor) -> None:
+    """``x = res_scale * x + layer_scale * branch``, in place; scales run along x's last dim."""
+    if res_scale is not None:
+        x.mul_(res_scale)
+    if layer_scale is not None:
+        x.addcmul_(branch, layer_scale)
+    else:
+        x.add_(branch)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inference: no autograd, the residual stream updated in place
+# ----------------------------------------------------------------------------------------------
+def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
+    y = block.norm1(x)
+    t = block.token_mixer.pool(y).sub_(y) if isinstance(block.token_mixer, Pooling) \
+        else block.token_mixer(y)
+    _residual_(x.permute(0, 2, 3, 1), _scale(block.res_scale1), _scale(block.layer_scale1),
+               t.permute(0, 2, 3, 1))
+    del y, t
+    mlp = block.mlp
+    xm = _matrix(x)  # a view: writes land in x
+    ym = _matrix(block.norm2(x).contiguous(memory_format=torch.channels_last))
+    w1, w2 = _weights(mlp)
+    rs, ls = _scale(block.res_scale2), _scale(block.layer_scale2)
+    rows = _chunk_rows(w1.shape[0])
+    for start in range(0, xm.shape[0], rows):
+        h = _activate(mlp.act, _linear(ym[start:start + rows], w1, mlp.fc1.bias))
+        _residual_(xm[start:start + rows], rs, ls, _linear(h, w2, mlp.fc2.bias))
+
+
+# ----------------------------------------------------------------------------------------------
+# Training: timm's block with the MLP as one chunked autograd function
+# ----------------------------------------------------------------------------------------------
+class _ChunkedGeluMlp(torch.autograd.Function):
+    """``fc2(gelu(fc1(y)))`` on a ``(M, C)`` matrix, hidden activation handled in row chunks."""
+
+    @staticmethod
+    def forward(ctx, y, w1, b1, w2, b2, approximate: str, rows: int):
+        m, hidden = y.shape[0], w1.shape[0]
+        pre = y.new_empty(m, hidden)  # fc1 output, kept for backward
+        out = y.new_empty(m, w2.shape[0])
+        for s in range(0, m, rows):
+            a = pre[s:s + rows]
+            if b1 is not None:
+                torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
+            else:
+                torch.mm(y[s:s + rows], w1.t(), out=a)
+            g = F.gelu(a, approximate=approximate)
+            if b2 is not None:
+                torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
+            else:
+                torch.mm(g, w2.t(), out=out[s:s + rows])
+        ctx.save_for_backward(y, pre, w1, w2)
+        ctx.has_bias = (b1 is not None, b2 is not None)
+        ctx.approximate, ctx.rows = approximate, rows
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        y, pre, w1, w2 = ctx.saved_tensors
+        rows, approximate = ctx.rows, ctx.approximate
+        dout = dout.contiguous()
+        need_y, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        dy = torch.empty_like(y) if need_y else None
+        dw1 = torch.zeros_like(w1) if need_w1 else None
+        dw2 = torch.zeros_like(w2) if need_w2 else None
+        db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
+        for s in range(0, y.shape[0], rows):
+            a, d = pre[s:s + rows], dout[s:s + rows]
+            if need_w2:
+                dw2.addmm_(d.t(), F.gelu(a, approximate=approximate))
+            da = torch.ops.aten.gelu_backward(torch.mm(d, w2), a, approximate=approximate)
+            if need_w1:
+                dw1.addmm_(da.t(), y[s:s + rows])
+            if need_b1:
+                db1.add_(da.sum(0))
+            if need_y:
+                torch.mm(da, w1, out=dy[s:s + rows])
+        db2 = dout.sum(0) if need_b2 else None
+        return dy, dw1, db1, dw2, db2, None, None
+
+
+def _mlp_training(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    if not isinstance(mlp.act, nn.GELU) or (mlp.training and (mlp.drop1.p or mlp.drop2.p)):
+        return mlp(y)  # timm's modules
+    w1, w2 = _weights(mlp)
+    n, c, h, w = y.shape
+    y = y.contiguous(memory_format=torch.channels_last)
+    out = _ChunkedGeluMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias,
+                                mlp.act.approximate, _chunk_rows(w1.shape[0]))
+    # Back to (N, C, H, W) in channels-last memory, which is what the matrix rows are.
+    return out.view(n, h, w, -1).permute(0, 3, 1, 2)
+
+
+def _block_training(block: MetaFormerBlock, x: torch.Tensor) -> torch.Tensor:
+    # timm's MetaFormerBlock.forward with the MLP replaced by the chunked function.
+    x = block.res_scale1(x) + block.layer_scale1(
+        block.drop_path1(block.token_mixer(block.norm1(x))))
+    x = block.res_scale2(x) + block.layer_scale2(
+        block.drop_path2(_mlp_training(block.mlp, block.norm2(x))))
+    return x
+
+
+def stage_forward(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
+    """Run ``stage`` on ``x``, a CPU tensor for which :func:`applies` holds.
+
+    Without gradients and in eval mode the residual stream is updated in place, so ``x`` is consumed when the
+    stage has no downsampling layer: pass a tensor nobody else holds (the stem's or a stage's
+    output).
+    """
+    x = stage.downsample(x).contiguous(memory_format=torch.channels_last)
+    if torch.is_grad_enabled() or stage.training:  # training: drop path, dropout, autograd
+        for block in stage.blocks:
+            x = _block_training(block, x)
+        return x
+    for block in stage.blocks:
+        _block_inference_(block, x)
+    return x
