@@ -652,7 +652,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help='PoolFormer v1 archs (mmpretrain implements v1 only)')
     p.add_argument('--sizes', nargs='+', default=['800x1216', '512x512'], help='HxW inputs')
     p.add_argument('--impls', nargs='+', default=list(IMPLS), choices=IMPLS)
-    p.add_argument('--repeats', type=int, default=3, help='timed repeats per cell')
+    p.add_argument('--repeats', type=int, default=5, help='timed repeats per cell')
     p.add_argument('--warmup', type=int, default=1, help='untimed repeats per cell')
     p.add_argument('--threads', type=int, default=2, help='torch threads on CPU')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')

@@ -11,6 +11,7 @@ It depends on torch, timm and mmengine only; the mmdet / mmseg plugins register 
 """
 from __future__ import annotations
 
+import functools
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import timm
@@ -58,7 +59,9 @@ class MetaFormerBackbone(BaseModule):
         channels_last: Run the stem and stages in channels-last (NHWC) memory format: the
             weights are stored that way and the input is converted on entry. The math is the same
             (outputs agree with NCHW to float rounding); CPU and GPU convolutions, pooling and
-            GroupNorm are faster in this layout. Outputs are always plain contiguous NCHW tensors.
+            GroupNorm are faster in this layout. On CPU it also lets the stages run through
+            :mod:`metaformer_dense.fast_path` (the MLP as matrix products over cache-sized row
+            chunks). Outputs are always plain contiguous NCHW tensors.
         compile: Compile the forward pass with ``torch.compile`` on its first call: ``True`` for
             the defaults, or a dict of ``torch.compile`` keyword arguments (e.g.
             ``dict(mode='max-autotune')``). The first call pays the compile time; a new input
@@ -151,17 +154,20 @@ class MetaFormerBackbone(BaseModule):
             return self._forward(x)
         compiled = self.__dict__.get('_compiled_forward')
         if compiled is None:
-            compiled = torch.compile(self._forward, **self.compile_cfg)
+            # Compiled code runs timm's modules: inductor fuses them itself, and the CPU path's
+            # Python loops over row chunks would only unroll into a larger graph.
+            compiled = torch.compile(functools.partial(self._forward, cpu_path=False),
+                                     **self.compile_cfg)
             # Kept out of state_dict, pickling and deepcopy (see __getstate__).
             self.__dict__['_compiled_forward'] = compiled
         return compiled(x)
 
-    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    def _forward(self, x: torch.Tensor, cpu_path: bool = True) -> Tuple[torch.Tensor, ...]:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         # CPU: the same math with less memory traffic (fast_path.py); timm's modules otherwise.
-        fast = self.channels_last and fast_path.applies(x) and not (
+        fast = cpu_path and self.channels_last and fast_path.applies(x) and not (
             self.with_cp and torch.is_grad_enabled())
         outs = []
         for i, stage in enumerate(self.stages):
