@@ -24,6 +24,7 @@ import os
 import os.path as osp
 import re
 import subprocess
+import zipfile
 from collections.abc import Iterator, Sequence
 from typing import Any, Optional
 
@@ -327,8 +328,9 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """Return the checkpoint ``--resume`` without a path should continue from, or None.
 
     That is the file ``work_dir/last_checkpoint`` names; if it names a file that does not exist
-    (a run with the stock hook died mid-save), the newest ``iter_*.pth`` / ``epoch_*.pth`` in
-    ``work_dir`` instead.
+    or is incomplete (a run with the stock hook died mid-save), the newest complete
+    ``iter_*.pth`` / ``epoch_*.pth`` in ``work_dir`` instead. Complete means a whole zip archive
+    (torch's format): a save cut short lacks the archive's closing directory.
 
     Args:
         work_dir: The run's work directory.
@@ -337,11 +339,12 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     if osp.isfile(pointer):
         with open(pointer) as f:
             named = f.read().strip()
-        if named and osp.isfile(named):
+        if named and osp.isfile(named) and zipfile.is_zipfile(named):
             return named
     if not osp.isdir(work_dir):
         return None
     found = [osp.join(work_dir, n) for n in os.listdir(work_dir) if _CKPT_NAME.match(n)]
+    found = [f for f in found if zipfile.is_zipfile(f)]
     return max(found, key=osp.getmtime) if found else None
 
 

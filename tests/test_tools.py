@@ -220,12 +220,17 @@ def test_dataset_check_walks_wrappers_and_accepts_present_data(tmp_path):
     check_dataset_paths(Config(dict(val_dataloader=dict(dataset=present))), ['val_dataloader'])
 
 
-def test_resume_skips_a_pointer_to_a_missing_checkpoint(tmp_path):
+def test_resume_skips_missing_and_truncated_checkpoints(tmp_path):
     assert find_resumable_checkpoint(str(tmp_path)) is None
-    for age, name in enumerate(('iter_4.pth', 'iter_2.pth')):
-        (tmp_path / name).write_bytes(b'x')
-        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))  # iter_4.pth is the newest
-    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_6.pth'))  # never written
+    for age, name in enumerate(('iter_6.pth', 'iter_4.pth', 'iter_2.pth')):
+        torch.save({'meta': {'iter': 6 - 2 * age}}, tmp_path / name)
+        os.utime(tmp_path / name, (1e9 - age, 1e9 - age))  # iter_6.pth is the newest
+    whole = (tmp_path / 'iter_6.pth').read_bytes()
+    (tmp_path / 'iter_6.pth').write_bytes(whole[:len(whole) // 2])  # a save cut short
+    os.utime(tmp_path / 'iter_6.pth', (1e9, 1e9))
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_8.pth'))  # never written
+    assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
+    (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_6.pth'))  # truncated
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_4.pth')
     (tmp_path / 'last_checkpoint').write_text(str(tmp_path / 'iter_2.pth'))
     assert find_resumable_checkpoint(str(tmp_path)) == str(tmp_path / 'iter_2.pth')
