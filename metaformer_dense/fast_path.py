@@ -27,7 +27,7 @@ check outputs and gradients against timm and mmpretrain.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -143,11 +143,21 @@ def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
 # ----------------------------------------------------------------------------------------------
 # Training: timm's block with the MLP as one chunked autograd function
 # ----------------------------------------------------------------------------------------------
-class _ChunkedGeluMlp(torch.autograd.Function):
-    """``fc2(gelu(fc1(y)))`` on a ``(M, C)`` matrix, hidden activation handled in row chunks."""
+def _act_forward(act: Tuple, a: torch.Tensor, star_scale, star_bias) -> torch.Tensor:
+    if act[0] == 'gelu':
+        return F.gelu(a, approximate=act[1])
+    return a.relu().square_().mul_(star_scale).add_(star_bias)  # StarReLU
+
+
+class _ChunkedMlp(torch.autograd.Function):
+    """``fc2(act(fc1(y)))`` on a ``(M, C)`` matrix, the hidden activation in row chunks.
+
+    ``act`` is ``('gelu', approximate)`` or ``('star',)`` (timm's StarReLU,
+    ``scale * relu(a) ** 2 + bias`` with learnable scalar ``scale`` and ``bias``).
+    """
 
     @staticmethod
-    def forward(ctx, y, w1, b1, w2, b2, approximate: str, rows: int):
+    def forward(ctx, y, w1, b1, w2, b2, star_scale, star_bias, act: Tuple, rows: int):
         m, hidden = y.shape[0], w1.shape[0]
         pre = y.new_empty(m, hidden)  # fc1 output, kept for backward
         out = y.new_empty(m, w2.shape[0])
@@ -157,31 +167,41 @@ class _ChunkedGeluMlp(torch.autograd.Function):
                 torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
             else:
                 torch.mm(y[s:s + rows], w1.t(), out=a)
-            g = F.gelu(a, approximate=approximate)
+            g = _act_forward(act, a, star_scale, star_bias)
             if b2 is not None:
                 torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
             else:
                 torch.mm(g, w2.t(), out=out[s:s + rows])
-        ctx.save_for_backward(y, pre, w1, w2)
-        ctx.has_bias = (b1 is not None, b2 is not None)
-        ctx.approximate, ctx.rows = approximate, rows
+        ctx.save_for_backward(y, pre, w1, w2, star_scale, star_bias)
+        ctx.act, ctx.rows = act, rows
         return out
 
     @staticmethod
     def backward(ctx, dout):
-        y, pre, w1, w2 = ctx.saved_tensors
-        rows, approximate = ctx.rows, ctx.approximate
+        y, pre, w1, w2, star_scale, star_bias = ctx.saved_tensors
+        act, rows = ctx.act, ctx.rows
         dout = dout.contiguous()
-        need_y, need_w1, need_b1, need_w2, need_b2 = ctx.needs_input_grad[:5]
+        need_y, need_w1, need_b1, need_w2, need_b2, need_ss, need_sb = ctx.needs_input_grad[:7]
         dy = torch.empty_like(y) if need_y else None
         dw1 = torch.zeros_like(w1) if need_w1 else None
         dw2 = torch.zeros_like(w2) if need_w2 else None
         db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
+        dss = torch.zeros((), dtype=torch.float64) if need_ss else None
+        dsb = torch.zeros((), dtype=torch.float64) if need_sb else None
         for s in range(0, y.shape[0], rows):
             a, d = pre[s:s + rows], dout[s:s + rows]
             if need_w2:
-                dw2.addmm_(d.t(), F.gelu(a, approximate=approximate))
-            da = torch.ops.aten.gelu_backward(torch.mm(d, w2), a, approximate=approximate)
+                dw2.addmm_(d.t(), _act_forward(act, a, star_scale, star_bias))
+            dg = torch.mm(d, w2)
+            if act[0] == 'gelu':
+                da = torch.ops.aten.gelu_backward(dg, a, approximate=act[1])
+            else:  # d/da of scale * relu(a)^2 + bias = 2 * scale * relu(a)
+                r = a.relu()
+                if need_ss:
+                    dss += torch.dot(dg.reshape(-1), r.square().reshape(-1)).double()
+                if need_sb:
+                    dsb += dg.sum(dtype=torch.float64)
+                da = dg.mul_(r).mul_(2 * star_scale)
             if need_w1:
                 dw1.addmm_(da.t(), y[s:s + rows])
             if need_b1:
@@ -189,17 +209,27 @@ class _ChunkedGeluMlp(torch.autograd.Function):
             if need_y:
                 torch.mm(da, w1, out=dy[s:s + rows])
         db2 = dout.sum(0) if need_b2 else None
-        return dy, dw1, db1, dw2, db2, None, None
+        if dss is not None:
+            dss = dss.to(star_scale.dtype).reshape(star_scale.shape)
+        if dsb is not None:
+            dsb = dsb.to(star_bias.dtype).reshape(star_bias.shape)
+        return dy, dw1, db1, dw2, db2, dss, dsb, None, None
 
 
 def _mlp_training(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    if not isinstance(mlp.act, nn.GELU) or (mlp.training and (mlp.drop1.p or mlp.drop2.p)):
-        return mlp(y)  # timm's modules
+    if mlp.training and (mlp.drop1.p or mlp.drop2.p):
+        return mlp(y)  # dropout: timm's modules
+    if isinstance(mlp.act, nn.GELU):
+        act, star = ('gelu', mlp.act.approximate), (y.new_ones(()), y.new_zeros(()))
+    elif isinstance(mlp.act, StarReLU):
+        act, star = ('star',), (mlp.act.scale, mlp.act.bias)
+    else:
+        return mlp(y)
     w1, w2 = _weights(mlp)
-    n, c, h, w = y.shape
+    n, _, h, w = y.shape
     y = y.contiguous(memory_format=torch.channels_last)
-    out = _ChunkedGeluMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias,
-                                mlp.act.approximate, _chunk_rows(w1.shape[0]))
+    out = _ChunkedMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias, *star, act,
+                            _chunk_rows(w1.shape[0]))
     # Back to (N, C, H, W) in channels-last memory, which is what the matrix rows are.
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 

@@ -68,7 +68,7 @@ def test_inference_matches_timm_modules(arch, small_chunks, spy):
             torch.testing.assert_close(o, e, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12'])
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18'])
 def test_training_gradients_match_timm_modules(arch, small_chunks, spy):
     model = _randomized(arch).train()
     ref = _reference(model).train()
