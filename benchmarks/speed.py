@@ -28,7 +28,7 @@ machine are only comparable inside one run.
 
 Usage::
 
-    .venv/bin/python benchmarks/speed.py                 # full run, ~15 min on 2 CPU cores
+    .venv/bin/python benchmarks/speed.py                 # full run, ~20 min on 2 CPU cores
     .venv/bin/python benchmarks/speed.py --quick         # smoke run: S12, small inputs
     .venv/bin/python benchmarks/speed.py --help
 """
