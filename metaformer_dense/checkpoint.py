@@ -23,13 +23,14 @@ import pickle
 import re
 import zipfile
 from dataclasses import dataclass, field
-from typing import Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
 
 Tensor = torch.Tensor
 
 __all__ = [
+    'check_float_weights',
     'CheckpointError', 'ConversionResult', 'convert_state_dict', 'detect_format',
     'read_checkpoint', 'extract_state_dict', 'backbone_state_dict',
 ]
@@ -171,11 +172,35 @@ def convert_state_dict(state_dict: Mapping[str, Tensor],
             result.renamed.append((key, new))
         result.state_dict[new] = value
     if wrong_dtype:
-        raise CheckpointError(
-            f'{len(wrong_dtype)} weights are stored as integers or bools where the model has '
-            f'floating-point parameters (first: {", ".join(wrong_dtype[:3])}); the file is corrupt '
-            'or was written by a broken export: re-export the weights as float32 or float16')
+        raise CheckpointError(_wrong_dtype_message(wrong_dtype))
     return result
+
+
+def _wrong_dtype_message(wrong: Sequence[str]) -> str:
+    return (f'{len(wrong)} weights are stored as integers or bools where the model has '
+            f'floating-point parameters (first: {", ".join(wrong[:3])}); the file is corrupt '
+            'or was written by a broken export: re-export the weights as float32 or float16')
+
+
+def check_float_weights(model: 'torch.nn.Module', state_dict: Mapping[str, Any]) -> None:
+    """Refuse a whole-model state dict whose tensors are integers or bools where ``model`` has
+    floating-point weights (``load_state_dict`` would silently cast them).
+
+    Keys are matched by name (a leading ``module.`` is ignored); keys the model does not have
+    are left to strict loading to report.
+
+    Raises:
+        CheckpointError: Naming the first offending keys and their dtypes.
+    """
+    own = model.state_dict()
+    wrong = []
+    for key, value in state_dict.items():
+        name = key[len('module.'):] if key.startswith('module.') else key
+        if name in own and own[name].dtype.is_floating_point \
+                and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
+            wrong.append(f'{key} ({str(value.dtype).replace("torch.", "")})')
+    if wrong:
+        raise CheckpointError(_wrong_dtype_message(wrong))
 
 
 def _differs_by_singletons(src: Tuple[int, ...], dst: Tuple[int, ...]) -> bool:

@@ -202,6 +202,9 @@ def test_demo_loads_whole_models_strictly(det_weights, tmp_path):
         'int64': (dict(det_weights, **{'backbone.stem.conv.weight':
                                        det_weights['backbone.stem.conv.weight'].long()}),
                   'stored as integers'),
+        'int32_head': (dict(det_weights, **{'bbox_head.retina_cls.weight':
+                                            det_weights['bbox_head.retina_cls.weight'].int()}),
+                       'bbox_head.retina_cls.weight (int32)'),
     }
     for name, (state, message) in cases.items():
         torch.save({'meta': {}, 'state_dict': state}, tmp_path / f'{name}.pth')
@@ -225,12 +228,16 @@ def test_tools_test_loads_strictly(det_weights, tmp_path):
     assert 'unexpected key in source state_dict: backbone.stages.0.blocks.2.' in proc.stderr
     assert 'coco/bbox_mAP' not in proc.stdout + proc.stderr  # nothing was evaluated
 
+    # Integers where the model has floats, in the backbone (converted layout) and in the neck.
     ints = dict(det_weights, **{'backbone.stem.conv.weight':
-                                det_weights['backbone.stem.conv.weight'].long()})
+                                det_weights['backbone.stem.conv.weight'].long(),
+                                'neck.fpn_convs.0.conv.weight':
+                                det_weights['neck.fpn_convs.0.conv.weight'].bool()})
     torch.save({'meta': {}, 'state_dict': ints}, tmp_path / 'ints.pth')
     proc = run('tools/test.py', DET_CFG, tmp_path / 'ints.pth', '--work-dir', tmp_path / 'w',
                ok=False)
-    assert proc.returncode != 0 and 'stored as integers' in proc.stderr
+    assert proc.returncode != 0 and '2 weights are stored as integers or bools' in proc.stderr
+    assert 'neck.fpn_convs.0.conv.weight (bool)' in proc.stderr
 
     save_safetensors(det_weights, tmp_path / 'model.safetensors')
     proc = run('tools/test.py', DET_CFG, tmp_path / 'model.safetensors', ok=False)

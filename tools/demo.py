@@ -182,11 +182,14 @@ def _checked_inferencer(base: type, weights: dict, checkpoint_path: str) -> type
     """
     from mmengine.runner.checkpoint import load_state_dict
 
+    from metaformer_dense.checkpoint import CheckpointError, check_float_weights
+
     class Checked(base):
         def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
             try:
+                check_float_weights(model, weights['state_dict'])  # no silent int -> float
                 load_state_dict(model, weights['state_dict'], strict=True)
-            except RuntimeError as exc:
+            except (RuntimeError, CheckpointError) as exc:
                 raise DemoError(f'checkpoint {checkpoint_path!r} does not fit the model of the '
                                 f'config (wrong config for this checkpoint?):\n{exc}') from exc
             meta = dict(weights['meta'], dataset_meta=_dataset_meta(cfg, weights['meta']))

@@ -80,7 +80,8 @@ def main() -> None:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from metaformer_dense.checkpoint import read_checkpoint
+    from metaformer_dense.checkpoint import (CheckpointError, check_float_weights,
+                                             extract_state_dict, read_checkpoint)
     from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
                                                setup_distributed)
     try:
@@ -90,7 +91,7 @@ def main() -> None:
         if '://' not in args.checkpoint:
             # Empty, truncated, non-checkpoint or code-carrying files get a named error (a
             # CheckpointError is a ValueError) instead of a stack trace from inside torch.load.
-            read_checkpoint(args.checkpoint)
+            state = read_checkpoint(args.checkpoint)
         setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
@@ -98,8 +99,10 @@ def main() -> None:
     # The Runner's own load is strict=False: a checkpoint of another model would only warn and
     # the test would score random weights. Load strictly here; the Runner then skips its load.
     try:
+        if '://' not in args.checkpoint:  # integers where the model has floats: a named error
+            check_float_weights(runner.model, extract_state_dict(state))
         runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
-    except RuntimeError as err:
+    except (RuntimeError, CheckpointError) as err:
         sys.exit(f'error: {args.checkpoint} does not fit the model of {args.config} '
                  f'(wrong config for this checkpoint?):\n{err}')
     if args.out:
