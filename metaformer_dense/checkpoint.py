@@ -195,7 +195,7 @@ def check_float_weights(model: 'torch.nn.Module', state_dict: Mapping[str, Any])
     own = model.state_dict()
     wrong = []
     for key, value in state_dict.items():
-        name = key[len('module.'):] if key.startswith('module.') else key
+        name = _strip_ddp_prefix(key)
         if name in own and own[name].dtype.is_floating_point \
                 and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
             wrong.append(f'{key} ({str(value.dtype).replace("torch.", "")})')
@@ -291,9 +291,14 @@ def extract_state_dict(obj) -> Dict[str, Tensor]:
     return dict(obj)
 
 
+def _strip_ddp_prefix(key: str) -> str:
+    """``module.x`` (a DDP-wrapped model's key) -> ``x``."""
+    return key[len('module.'):] if key.startswith('module.') else key
+
+
 def backbone_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """Strip ``module.`` (DDP) and keep only ``backbone.`` keys when a whole model is given."""
-    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
+    sd = {_strip_ddp_prefix(k): v for k, v in state_dict.items()}
     if any(k.startswith('backbone.') for k in sd):
         sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     return sd

@@ -98,14 +98,27 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torc
     return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
 
 
-def _activate(act: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    """The MLP's activation on a chunk (may overwrite ``h``)."""
+def _act_spec(act: nn.Module) -> Optional[Tuple[Tuple, Optional[torch.Tensor],
+                                                 Optional[torch.Tensor]]]:
+    """``(kind, star_scale, star_bias)`` for the activations computed here, else None.
+
+    ``kind`` is ``('gelu', approximate)`` or ``('star',)`` (timm's StarReLU,
+    ``scale * relu(a) ** 2 + bias`` with learnable scalar ``scale`` and ``bias``).
+    """
     if isinstance(act, nn.GELU):
-        return F.gelu(h, approximate=act.approximate)
+        return ('gelu', act.approximate), None, None
     if isinstance(act, StarReLU):
-        # scale * relu(h) ** 2 + bias, as timm's StarReLU, computed in place.
-        return h.relu_().square_().mul_(act.scale).add_(act.bias)
-    return act(h)
+        return ('star',), act.scale, act.bias
+    return None
+
+
+def _act_forward(kind: Tuple, a: torch.Tensor, star_scale: Optional[torch.Tensor],
+                 star_bias: Optional[torch.Tensor], inplace: bool = False) -> torch.Tensor:
+    """The activation of :func:`_act_spec`'s ``kind`` on a chunk (``inplace``: may reuse ``a``)."""
+    if kind[0] == 'gelu':
+        return F.gelu(a, approximate=kind[1])
+    r = a.relu_() if inplace else a.relu()
+    return r.square_().mul_(star_scale).add_(star_bias)
 
 
 def _residual_(x: torch.Tensor, res_scale: Optional[torch.Tensor],
@@ -134,26 +147,21 @@ def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
     ym = _matrix(block.norm2(x).contiguous(memory_format=torch.channels_last))
     w1, w2 = _weights(mlp)
     rs, ls = _scale(block.res_scale2), _scale(block.layer_scale2)
+    spec = _act_spec(mlp.act)
     rows = _chunk_rows(w1.shape[0])
     for start in range(0, xm.shape[0], rows):
-        h = _activate(mlp.act, _linear(ym[start:start + rows], w1, mlp.fc1.bias))
+        h = _linear(ym[start:start + rows], w1, mlp.fc1.bias)
+        h = _act_forward(spec[0], h, *spec[1:], inplace=True) if spec is not None else mlp.act(h)
         _residual_(xm[start:start + rows], rs, ls, _linear(h, w2, mlp.fc2.bias))
 
 
 # ----------------------------------------------------------------------------------------------
 # Training: timm's block with the MLP as one chunked autograd function
 # ----------------------------------------------------------------------------------------------
-def _act_forward(act: Tuple, a: torch.Tensor, star_scale, star_bias) -> torch.Tensor:
-    if act[0] == 'gelu':
-        return F.gelu(a, approximate=act[1])
-    return a.relu().square_().mul_(star_scale).add_(star_bias)  # StarReLU
-
-
 class _ChunkedMlp(torch.autograd.Function):
     """``fc2(act(fc1(y)))`` on a ``(M, C)`` matrix, the hidden activation in row chunks.
 
-    ``act`` is ``('gelu', approximate)`` or ``('star',)`` (timm's StarReLU,
-    ``scale * relu(a) ** 2 + bias`` with learnable scalar ``scale`` and ``bias``).
+    ``act``, ``star_scale`` and ``star_bias`` are what :func:`_act_spec` returns.
     """
 
     @staticmethod
@@ -217,19 +225,15 @@ class _ChunkedMlp(torch.autograd.Function):
 
 
 def _mlp_training(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    if mlp.training and (mlp.drop1.p or mlp.drop2.p):
-        return mlp(y)  # dropout: timm's modules
-    if isinstance(mlp.act, nn.GELU):
-        act, star = ('gelu', mlp.act.approximate), (y.new_ones(()), y.new_zeros(()))
-    elif isinstance(mlp.act, StarReLU):
-        act, star = ('star',), (mlp.act.scale, mlp.act.bias)
-    else:
-        return mlp(y)
+    spec = _act_spec(mlp.act)
+    if spec is None or (mlp.training and (mlp.drop1.p or mlp.drop2.p)):
+        return mlp(y)  # other activations, dropout: timm's modules
+    act, star_scale, star_bias = spec
     w1, w2 = _weights(mlp)
     n, _, h, w = y.shape
     y = y.contiguous(memory_format=torch.channels_last)
-    out = _ChunkedMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias, *star, act,
-                            _chunk_rows(w1.shape[0]))
+    out = _ChunkedMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias, star_scale,
+                            star_bias, act, _chunk_rows(w1.shape[0]))
     # Back to (N, C, H, W) in channels-last memory, which is what the matrix rows are.
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
@@ -246,9 +250,9 @@ def _block_training(block: MetaFormerBlock, x: torch.Tensor) -> torch.Tensor:
 def stage_forward(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
     """Run ``stage`` on ``x``, a CPU tensor for which :func:`applies` holds.
 
-    Without gradients and in eval mode the residual stream is updated in place, so ``x`` is consumed when the
-    stage has no downsampling layer: pass a tensor nobody else holds (the stem's or a stage's
-    output).
+    Without gradients and in eval mode the residual stream is updated in place, so ``x`` is
+    consumed when the stage has no downsampling layer: pass a tensor nobody else holds (the
+    stem's or a stage's output).
     """
     x = stage.downsample(x).contiguous(memory_format=torch.channels_last)
     if torch.is_grad_enabled() or stage.training:  # training: drop path, dropout, autograd
