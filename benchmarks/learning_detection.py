@@ -27,7 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
@@ -46,19 +46,22 @@ def schedule_options(epochs: int, val_interval: int) -> List[str]:
             f'default_hooks.checkpoint.interval={epochs}']
 
 
-def val_curve(work_dir: Path) -> List[Dict[str, float]]:
-    """Every validation record (``coco/...`` metrics and the epoch) of the newest run."""
+def read_log(work_dir: Path) -> Tuple[List[Dict[str, float]], int]:
+    """Every validation record (``coco/...`` metrics and the epoch) of the newest run, and the
+    number of training iterations it logged."""
     runs = sorted(work_dir.glob('*/vis_data/scalars.json'), key=lambda p: p.stat().st_mtime)
     if not runs:
         raise FileNotFoundError(f'no training log under {work_dir}')
-    curve = []
+    curve, iterations = [], 0
     for line in runs[-1].read_text().splitlines():
         rec = json.loads(line)
         if any(k.startswith('coco/') for k in rec):
             point = {k: round(float(v), 4) for k, v in rec.items() if k.startswith('coco/')}
             point['epoch'] = int(rec['step'])
             curve.append(point)
-    return curve
+        elif 'iter' in rec:
+            iterations = max(iterations, int(rec['iter']))
+    return curve, iterations
 
 
 def run_one(name: str, epochs: int, val_interval: int, work_root: Path, command: str) -> Dict:
@@ -70,10 +73,10 @@ def run_one(name: str, epochs: int, val_interval: int, work_root: Path, command:
     start = time.time()
     subprocess.run(cmd, cwd=ROOT, check=True)
     minutes = (time.time() - start) / 60
-    curve = val_curve(work_dir)
+    curve, iterations = read_log(work_dir)
     final = curve[-1]
     return dict(command=command, config=str(CONFIGS[name].relative_to(ROOT)), epochs=epochs,
-                iterations=epochs * 12, wall_minutes=round(minutes, 1), final=final, curve=curve)
+                iterations=iterations, wall_minutes=round(minutes, 1), final=final, curve=curve)
 
 
 def write_results(records: Dict[str, Dict]) -> None:
@@ -130,9 +133,9 @@ def write_results(records: Dict[str, Dict]) -> None:
                   'scratch its blocks add little at first, but that is not what holds it back: a '
                   '30x lr on them (12 epochs) and `model.backbone.layer_scale_init_value=1.0` '
                   '(20 epochs: box mAP 0.025) both did worse than the default. For RetinaNet, '
-                  'GroupNorm in the head and batch 2 were what helped (20 epochs: box mAP 0.06 '
-                  'without either, 0.31 with the GroupNorm, 0.42 with both; now the demo '
-                  'config\'s). A longer schedule (more `--epochs-*`) or an '
+                  'GroupNorm in the head and batch 2 were what helped (single 20-epoch runs '
+                  'listed in the message of commit e0fe785; now the demo config\'s). A longer '
+                  'schedule (more `--epochs-*`) or an '
                   'ImageNet-initialised backbone (`model.backbone.init_cfg`) is needed for a '
                   'clearly learned result.']
     lines += ['', '## Validation curves (epoch: box mAP / mask mAP) and commands', '']
@@ -152,9 +155,9 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--only', choices=sorted(CONFIGS), help='run one of the two configs')
     parser.add_argument('--epochs-retinanet', type=int, default=24,
-                        help='RetinaNet epochs of 24 iterations (default: %(default)s)')
+                        help='RetinaNet epochs (default: %(default)s)')
     parser.add_argument('--epochs-mask-rcnn', type=int, default=12,
-                        help='Mask R-CNN epochs of 12 iterations (default: %(default)s)')
+                        help='Mask R-CNN epochs (default: %(default)s)')
     parser.add_argument('--val-interval', type=int, default=3,
                         help='validate every this many epochs (default: %(default)s)')
     parser.add_argument('--render', action='store_true',

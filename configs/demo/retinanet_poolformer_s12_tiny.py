@@ -19,8 +19,9 @@ model = dict(
     bbox_head=dict(
         num_classes=len(metainfo['classes']),
         # GroupNorm in the head's conv towers, as recipes that train detectors from scratch use:
-        # on this set, 20 epochs reached box mAP 0.31 with it vs 0.06 without (batch 4), 0.42
-        # with batch 2 as below (benchmarks/results/learning_detection.md has the current run).
+        # without it the head barely learned in this budget (the runs that chose it are listed
+        # in the message of commit e0fe785; benchmarks/results/learning_detection.md records
+        # this config).
         norm_cfg=dict(type='GN', num_groups=32, requires_grad=True)))
 
 train_pipeline = [
@@ -39,7 +40,7 @@ test_pipeline = [
 ]
 train_dataloader = dict(
     batch_size=2,  # 48 training images -> 24 iterations per epoch: from scratch, twice the
-    # updates for the same compute beat batch 4 (box mAP 0.42 vs 0.31 at 20 epochs)
+    # updates for the same compute learned better than batch 4 (commit e0fe785)
     num_workers=0,  # decoding ~10 KB JPEGs is cheaper than worker processes on 2 cores
     persistent_workers=False,
     dataset=dict(
