@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test demo-seg report
+.PHONY: setup demo test demo-seg report lock gpu-check
 setup:
 	@bash tools/setup_env.sh
 
@@ -22,3 +22,16 @@ demo-seg: setup
 ## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> docs/benchmark_report.{md,png}
 report: setup
 	OMP_NUM_THREADS=2 $(PY) tools/analysis/benchmark_report.py
+
+## lock: rewrite requirements/constraints.txt from what .venv holds now (after upgrading a package in it)
+lock:
+	@{ sed -n '/^#/p;/^mmcv==/p' requirements/constraints.txt; \
+	   $(PY) -m pip freeze --all --exclude-editable --disable-pip-version-check 2>/dev/null \
+	     | grep -v -i '^mmcv[ =]\|^metaformer'; } > requirements/constraints.txt.new
+	@mv requirements/constraints.txt.new requirements/constraints.txt
+	@echo "requirements/constraints.txt: $$(grep -c '==' requirements/constraints.txt) pinned packages"
+
+## gpu-check: on a CUDA machine: mmcv with CUDA kernels, tests/test_gpu.py, the suite, speed on CUDA
+## (WHEELHOUSE=folder made by tools/gpu_wheelhouse.sh; works offline)
+gpu-check:
+	bash tools/gpu_check.sh

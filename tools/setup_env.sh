@@ -60,7 +60,7 @@ pip_install() {
 # ---- mmcv: installed already, a cached wheel, or build one -----------------------------------
 install_mmcv() {
   [[ -x "$PY" ]] || die "no Python at $PY: create the venv first (run tools/setup_env.sh without --mmcv-only)"
-  local key wheel_dir build src start
+  local key wheel_dir src start
   # Installed in this venv (not merely importable from somewhere else on sys.path)?
   if "$PY" - "$MMCV_VERSION" <<'PY' 2>/dev/null
 import os, sys
@@ -84,7 +84,7 @@ PY
     log "using cached mmcv wheel from $wheel_dir"
   else
     build="$(mktemp -d)"
-    trap 'rm -rf "$build"' EXIT
+    trap 'rm -rf "${build:-}"' EXIT
     log "no cached mmcv wheel for $key"
     if [[ -n "$SDIST" ]]; then
       [[ -f "$SDIST" ]] || die "MMCV_SDIST=$SDIST is not a file"
