@@ -7,5 +7,5 @@ backbone_out_channels = [96, 192, 384, 768]
 model = dict(
     backbone=dict(
         arch='poolformer_m36',
-        init_cfg=dict(checkpoint='checkpoints/poolformer_m36.pth.tar')),
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m36.pth.tar')),
     neck=dict(in_channels=backbone_out_channels))

@@ -5,4 +5,4 @@ _base_ = './mask_rcnn_poolformer_m36.py'
 model = dict(
     backbone=dict(
         arch='poolformer_m48',
-        init_cfg=dict(checkpoint='checkpoints/poolformer_m48.pth.tar')))
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m48.pth.tar')))

@@ -23,7 +23,7 @@ model = dict(
         frozen_stages=-1,
         # ImageNet weights: official `poolformer_s12.pth.tar`, a timm or an mmpretrain file.
         # Only read when training starts (init_weights), so building the model needs no file.
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/poolformer_s12.pth.tar')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar')),
     neck=dict(in_channels=backbone_out_channels))
 
 # Paper: AdamW, lr 2e-4, weight decay 1e-4, no gradient clipping (mmdet base: SGD lr 0.02).

@@ -6,4 +6,4 @@ _base_ = './retinanet_poolformer_s12.py'
 model = dict(
     backbone=dict(
         arch='caformer_s18',
-        init_cfg=dict(checkpoint='checkpoints/caformer_s18.pth')))
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s18.pth')))

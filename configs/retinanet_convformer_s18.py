@@ -6,4 +6,4 @@ _base_ = './retinanet_poolformer_s12.py'
 model = dict(
     backbone=dict(
         arch='convformer_s18',
-        init_cfg=dict(checkpoint='checkpoints/convformer_s18.pth')))
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth')))

@@ -26,11 +26,14 @@ model = dict(
         frozen_stages=-1,
         # ImageNet weights: official `poolformer_s12.pth.tar`, a timm or an mmpretrain file.
         # Only read when training starts (init_weights), so building the model needs no file.
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/poolformer_s12.pth.tar')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar')),
     neck=dict(
         in_channels=backbone_out_channels,
         start_level=0,  # mmdet base: 1 (its in_channels list starts with ResNet's stage 1)
-    ))
+    ),
+    # The same loss in float32, so bf16 mixed precision runs on CUDA (mmcv's focal-loss kernel
+    # has no bf16 version); identical in fp32 and fp16.
+    bbox_head=dict(loss_cls=dict(type='FocalLossFP32')))
 
 # Paper: AdamW, lr 1e-4, weight decay 1e-4, no gradient clipping (mmdet base: SGD lr 0.01).
 optim_wrapper = dict(

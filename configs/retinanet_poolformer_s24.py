@@ -5,4 +5,4 @@ _base_ = './retinanet_poolformer_s12.py'
 model = dict(
     backbone=dict(
         arch='poolformer_s24',
-        init_cfg=dict(checkpoint='checkpoints/poolformer_s24.pth.tar')))
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s24.pth.tar')))

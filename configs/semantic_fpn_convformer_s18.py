@@ -10,4 +10,4 @@ _base_ = ['./semantic_fpn_poolformer_s12.py']
 model = dict(
     backbone=dict(
         arch='convformer_s18',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convformer_s18.pth')))
+        init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth')))

@@ -7,5 +7,5 @@ _base_ = ['./semantic_fpn_poolformer_s12.py']
 model = dict(
     backbone=dict(
         arch='poolformer_m48',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/poolformer_m48.pth.tar')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m48.pth.tar')),
     neck=dict(in_channels=[96, 192, 384, 768]))  # PoolFormer-M stage widths

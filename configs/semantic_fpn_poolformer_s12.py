@@ -25,7 +25,7 @@ model = dict(
         type='MetaFormer',
         arch='poolformer_s12',
         out_indices=(0, 1, 2, 3),
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/poolformer_s12.pth.tar')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar')),
     neck=dict(in_channels=[64, 128, 320, 512]),  # PoolFormer-S stage widths (base: ResNet-50's)
     decode_head=dict(num_classes=150))  # ADE20K (base: 19 Cityscapes classes)
 

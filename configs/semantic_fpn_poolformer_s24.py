@@ -7,4 +7,4 @@ _base_ = ['./semantic_fpn_poolformer_s12.py']
 model = dict(
     backbone=dict(
         arch='poolformer_s24',
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/poolformer_s24.pth.tar')))
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s24.pth.tar')))

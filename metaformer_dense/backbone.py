@@ -236,22 +236,7 @@ class MetaFormerBackbone(BaseModule):
         own = self.state_dict()
         conv = convert_state_dict(state, reference=own)
         sd = conv.state_dict
-        self._check_arch(sd, own, path)
-        missing = [k for k in own if k not in sd]
-        body_missing = [k for k in missing if not k.startswith('out_norms.')]
-        if body_missing:
-            raise CheckpointError(
-                f'checkpoint {path!r} lacks {len(body_missing)} backbone weights of {self.arch} '
-                f'(first: {body_missing[:3]}); {self._describe(sd)}')
-        # Weights of stages this backbone does not build (out_indices stop early) are unused;
-        # extra blocks inside the stem or a built stage mean a deeper arch (s24 into s12).
-        unexpected = [k for k in sd if k not in own]
-        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
-        extra = [k for k in unexpected if k.startswith(built)]
-        if extra:
-            raise CheckpointError(
-                f'checkpoint {path!r} has {len(extra)} weights {self.arch} does not have '
-                f'(first: {extra[:3]}); {self._describe(sd)}')
+        missing, unexpected = self.check_fit(sd, repr(path))
         self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
         report = dict(missing=missing, unexpected=unexpected, dropped=conv.dropped)
         print_log(f'Loaded {conv.source_format} checkpoint {path} into {self.arch}: '
@@ -270,13 +255,37 @@ class MetaFormerBackbone(BaseModule):
                 f'{self.arch} has depths {self.depths} and widths {self.dims}: '
                 'is it a checkpoint for another arch?')
 
-    def _check_arch(self, sd, own, path) -> None:
+    def check_fit(self, sd: Dict[str, torch.Tensor], source: str) -> Tuple[list, list]:
+        """Check that converted backbone weights fit this arch; return (missing, unexpected).
+
+        Missing output norms are allowed (ImageNet checkpoints have none), and so are weights of
+        stages this backbone does not build (``out_indices`` stop early).
+
+        Raises:
+            CheckpointError: a shape differs, a body weight is missing, or the stem or a built
+                stage has weights this arch lacks (a deeper arch's checkpoint, e.g. s24 into s12).
+        """
+        own = self.state_dict()
         bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
                if k in own and tuple(v.shape) != tuple(own[k].shape)]
         if bad:
             lines = '; '.join(f'{k}: checkpoint {s} vs model {m}' for k, s, m in bad[:3])
-            raise CheckpointError(f'checkpoint {path!r} does not fit {self.arch}: {len(bad)} shape '
+            raise CheckpointError(f'checkpoint {source} does not fit {self.arch}: {len(bad)} shape '
                                   f'mismatches ({lines}); {self._describe(sd)}')
+        missing = [k for k in own if k not in sd]
+        body_missing = [k for k in missing if not k.startswith('out_norms.')]
+        if body_missing:
+            raise CheckpointError(
+                f'checkpoint {source} lacks {len(body_missing)} backbone weights of {self.arch} '
+                f'(first: {body_missing[:3]}); {self._describe(sd)}')
+        unexpected = [k for k in sd if k not in own]
+        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
+        extra = [k for k in unexpected if k.startswith(built)]
+        if extra:
+            raise CheckpointError(
+                f'checkpoint {source} has {len(extra)} weights {self.arch} does not have '
+                f'(first: {extra[:3]}); {self._describe(sd)}')
+        return missing, unexpected
 
     # ------------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -288,12 +297,12 @@ class MetaFormerBackbone(BaseModule):
         mine = [k for k in state_dict if k.startswith(prefix)]
         if mine:
             local = {k[len(prefix):]: state_dict[k] for k in mine}
-            try:
-                conv = convert_state_dict(local, reference=self.state_dict())
-            except CheckpointError as exc:
-                error_msgs.append(f'backbone weights under {prefix!r}: {exc}')
-                conv = None
-            if conv is not None and conv.source_format != 'toolkit':
+            # Weights that do not fit this arch are an error even for non-strict loaders
+            # (mmdet's init_detector, mmseg's init_model and the inferencers load with
+            # strict=False, which would only warn and leave a half-loaded backbone).
+            conv = convert_state_dict(local, reference=self.state_dict())
+            self.check_fit(conv.state_dict, f'weights under {prefix!r}')
+            if conv.source_format != 'toolkit':
                 for k in mine:
                     del state_dict[k]
                 for k, v in conv.state_dict.items():

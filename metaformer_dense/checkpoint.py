@@ -1,6 +1,6 @@
 """Reading MetaFormer checkpoints safely and converting their key names.
 
-Users hold MetaFormer weights in five layouts (see shared/REFERENCE.md):
+Users hold MetaFormer weights in five layouts:
 
 * official PoolFormer ImageNet release: ``patch_embed.proj``, ``network.{0..6}``, ``layer_scale_1``;
 * mmpretrain / mmcls and the paper's mmdet 2.x / mmseg 0.x releases: the same names under
@@ -229,6 +229,9 @@ def _is_safetensors(path: str) -> bool:
 def read_checkpoint(path: str) -> dict:
     """Load a checkpoint file without executing code from it.
 
+    ``path`` may also be an ``http(s)://`` URL or an ``hf-hub:`` name: the file is fetched once
+    into the standard cache (:mod:`metaformer_dense.download`) and read from there.
+
     Pickle-based files (``.pth``, ``.pth.tar``, ``.pt``) are read with
     ``torch.load(weights_only=True)``; safetensors files (recognised by content, whatever their
     suffix) with :mod:`safetensors`.
@@ -237,7 +240,8 @@ def read_checkpoint(path: str) -> dict:
         CheckpointError: the path is missing, a directory, empty, truncated, not a checkpoint,
             or holds objects that are not plain tensors and containers.
     """
-    path = os.fspath(path)
+    from .download import resolve_checkpoint  # here: download.py builds on this module
+    path = resolve_checkpoint(os.fspath(path))
     if not os.path.exists(path):
         raise CheckpointError(f'checkpoint not found: {path!r}; check the path in the config '
                               "(e.g. init_cfg=dict(type='Pretrained', checkpoint=...)) or on the command line")

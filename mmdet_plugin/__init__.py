@@ -5,8 +5,12 @@ Configs load it with ``custom_imports = dict(imports=['mmdet_plugin'])``. Needs 
 from mmdet.registry import MODELS
 
 from metaformer_dense import MetaFormerBackbone, allow_runner_checkpoints
+from metaformer_dense.download import register_url_loaders
+
+from .focal_loss import FocalLossFP32
 
 MODELS.register_module('MetaFormer', module=MetaFormerBackbone)
 allow_runner_checkpoints()  # so `--resume` works on torch >= 2.6 without unsafe unpickling
+register_url_loaders()  # URL / hf-hub: checkpoints: cached, verified, read safely
 
-__all__ = ['MetaFormerBackbone']
+__all__ = ['MetaFormerBackbone', 'FocalLossFP32']

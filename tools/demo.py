@@ -46,7 +46,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('inputs', nargs='+', metavar='IMAGE',
                         help=f'image files, or folders of them ({", ".join(IMAGE_EXTENSIONS)})')
     parser.add_argument('config', help='the model config (mmdet or mmseg)')
-    parser.add_argument('checkpoint', help='whole-model weights (.pth or .safetensors)')
+    parser.add_argument('checkpoint', help='whole-model weights: a .pth or .safetensors file, '
+                        'an http(s):// URL or an hf-hub: name')
     parser.add_argument('--out-dir', default='demo_out',
                         help='where the drawn images go (default: %(default)s)')
     parser.add_argument('--device', default=None,
@@ -126,7 +127,9 @@ def read_weights(path: str) -> dict:
         DemoError: The file cannot be read or holds no state dict.
     """
     from metaformer_dense.checkpoint import CheckpointError, extract_state_dict, read_checkpoint
+    from metaformer_dense.download import resolve_checkpoint
     try:
+        path = resolve_checkpoint(path)  # a URL or hf-hub: name: fetched once, then cached
         raw = read_checkpoint(path)
         state_dict = extract_state_dict(raw)
     except CheckpointError as exc:

@@ -25,7 +25,8 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='config file (mmdet or mmseg)')
-    parser.add_argument('checkpoint', help='checkpoint file')
+    parser.add_argument('checkpoint', help='checkpoint: a file, an http(s):// URL (fetched once '
+                        'into $TORCH_HOME/hub/checkpoints) or an hf-hub: name')
     parser.add_argument('--work-dir', help='where the log and metrics go '
                         '(default: work_dirs/CONFIG_NAME)')
     parser.add_argument('--out', metavar='FILE.pkl', help='pickle the predictions here')
@@ -82,12 +83,15 @@ def main() -> None:
 
     from metaformer_dense.checkpoint import (CheckpointError, check_float_weights,
                                              extract_state_dict, read_checkpoint)
+    from metaformer_dense.download import resolve_checkpoint
     from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
                                                setup_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
         check_dataset_paths(cfg, ['test_dataloader', 'test_evaluator'])
+        # A URL or hf-hub: name is fetched once into the standard cache and read from there.
+        args.checkpoint = resolve_checkpoint(args.checkpoint)
         if '://' not in args.checkpoint:
             # Empty, truncated, non-checkpoint or code-carrying files get a named error (a
             # CheckpointError is a ValueError) instead of a stack trace from inside torch.load.
