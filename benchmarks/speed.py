@@ -172,8 +172,25 @@ def _max_diff(a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]) -> Tuple[flo
     return diff, scale
 
 
+class _NoTF32:
+    """Full fp32 matrix products and convolutions on CUDA for the agreement checks (timing keeps
+    torch's defaults: cuDNN convolutions in TF32, which differ from fp32 by ~1e-3)."""
+
+    def __enter__(self):
+        self.saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+
+    def __exit__(self, *exc):
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self.saved
+
+
 def check_agreement(models: Dict[str, nn.Module], x: torch.Tensor) -> Dict[str, dict]:
     """Compare every implementation's fp32 outputs with the toolkit's (``atol=1e-4``)."""
+    with _NoTF32():
+        return _check_agreement(models, x)
+
+
+def _check_agreement(models: Dict[str, nn.Module], x: torch.Tensor) -> Dict[str, dict]:
     for model in models.values():
         model.eval()  # (mmpretrain's train() returns None, so no chaining)
     ours = models['toolkit']
@@ -197,6 +214,11 @@ def check_agreement(models: Dict[str, nn.Module], x: torch.Tensor) -> Dict[str, 
 
 def check_gradients(ours: nn.Module, other: nn.Module, x: torch.Tensor) -> dict:
     """Backward through both backbones with the same loss; compare the stem's weight gradient."""
+    with _NoTF32():
+        return _check_gradients(ours, other, x)
+
+
+def _check_gradients(ours: nn.Module, other: nn.Module, x: torch.Tensor) -> dict:
     grads = []
     for model in (ours, other):
         model.train()

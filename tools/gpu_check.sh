@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# `make gpu-check`: the toolkit's CUDA path on a GPU machine, with no network needed.
+#
+#  1. a venv that uses the machine's own CUDA torch (and numpy, opencv, ...), plus the wheels of
+#     WHEELHOUSE (made by tools/gpu_wheelhouse.sh on a connected machine), installed offline;
+#  2. mmcv built with its CUDA kernels (FORCE_CUDA=1, the GPU's arch) by tools/setup_env.sh;
+#  3. tests/test_gpu.py on the GPU (backbone CUDA vs CPU, mmcv CUDA NMS/RoIAlign, RetinaNet and
+#     Mask R-CNN training steps, fp16/bf16 training without NaN), then the rest of the suite;
+#  4. benchmarks/speed.py on CUDA into benchmarks/results/speed_cuda.{md,json}.
+# The record of the run goes to benchmarks/results/gpu_check.md.
+#
+# Environment:
+#   WHEELHOUSE    folder from tools/gpu_wheelhouse.sh (required); it holds the mmcv sdist too
+#   PYTHON        the interpreter whose torch sees the GPU (default: python3)
+#   VENV          where the venv goes (default: <repo>/.venv-gpu)
+#   STEPS         which of: build tests suite speed (default: all four)
+#   SPEED_ARGS    extra arguments for benchmarks/speed.py
+set -euo pipefail
+log() { printf '[gpu-check] %s\n' "$*"; }
+die() { printf '[gpu-check] ERROR: %s\n' "$*" >&2; exit 1; }
+abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;; esac; }
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+[[ -n "${WHEELHOUSE:-}" ]] || die "set WHEELHOUSE to the folder tools/gpu_wheelhouse.sh made"
+WHEELHOUSE="$(abspath "$WHEELHOUSE")"
+[[ -d "$WHEELHOUSE" ]] || die "WHEELHOUSE=$WHEELHOUSE is not a folder"
+PYTHON="${PYTHON:-python3}"
+VENV="$(abspath "${VENV:-$ROOT/.venv-gpu}")"
+STEPS="${STEPS:-build tests suite speed}"
+RECORD="$ROOT/benchmarks/results/gpu_check.md"
+PY="$VENV/bin/python"
+has_step() { [[ " $STEPS " == *" $1 "* ]]; }
+
+"$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
+  || die "$PYTHON's torch sees no CUDA GPU (nvidia-smi? a CUDA build of torch?)"
+
+if [[ ! -x "$PY" ]]; then
+  log "creating $VENV on top of $PYTHON's packages"
+  "$PYTHON" -m venv --without-pip "$VENV"
+  # The machine's own torch, numpy, pip, ... stay visible; what the venv installs comes first.
+  "$PYTHON" -c 'import site; print("\n".join(site.getsitepackages()))' \
+    > "$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')/_machine_packages.pth"
+fi
+log "installing the wheels of $WHEELHOUSE (no network)"
+"$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps "$WHEELHOUSE"/*.whl
+
+if has_step build || ! "$PY" -c "import mmcv.ops" 2>/dev/null; then  # nothing to test without it
+  arch="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
+  sdist="$(ls "$WHEELHOUSE"/mmcv-*.tar.gz | head -n1)"
+  start=$SECONDS
+  VENV="$VENV" MMCV_SDIST="$sdist" FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-$arch}" \
+    MMCV_WHEEL_CACHE="${MMCV_WHEEL_CACHE:-$VENV/mmcv-wheels}" bash "$ROOT/tools/setup_env.sh" --mmcv-only
+  echo "$(( SECONDS - start ))" > "$VENV/.mmcv-seconds"
+fi
+
+export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+cd "$ROOT"
+mkdir -p "$ROOT/benchmarks/results"
+status=0
+if has_step tests; then
+  log "tests/test_gpu.py on $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
+  "$PY" -m pytest tests/test_gpu.py -q -ra -p no:cacheprovider 2>&1 | tee "$VENV/test_gpu.log" || status=1
+fi
+if has_step suite; then
+  log "the rest of the test suite with this machine's torch"
+  "$PY" -m pytest tests -q -ra -p no:cacheprovider --ignore tests/test_setup_env.py \
+    --ignore tests/test_gpu.py 2>&1 | tee "$VENV/suite.log" || status=1
+fi
+if has_step speed; then
+  log "benchmarks/speed.py on CUDA"
+  # shellcheck disable=SC2086
+  "$PY" benchmarks/speed.py --device cuda --out benchmarks/results/speed_cuda ${SPEED_ARGS:-} \
+    2>&1 | tee "$VENV/speed.log" || status=1
+fi
+
+{
+  echo "# GPU check record"
+  echo
+  echo "Written by \`make gpu-check\` (tools/gpu_check.sh) on $(date -u +%Y-%m-%d)."
+  echo
+  echo '```'
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
+  "$PY" - <<'PY'
+import platform, sys, torch
+import mmcv, mmdet, mmengine, mmseg, timm
+print(f'python {platform.python_version()}  torch {torch.__version__} (CUDA {torch.version.cuda})  '
+      f'mmengine {mmengine.__version__}  mmcv {mmcv.__version__}  mmdet {mmdet.__version__}  '
+      f'mmseg {mmseg.__version__}  timm {timm.__version__}')
+PY
+  [[ -f "$VENV/.mmcv-seconds" ]] && echo "mmcv $(cat "$VENV/.mmcv-seconds") s to build with CUDA kernels (0-5 s: cached)"
+  echo '```'
+  for part in test_gpu suite speed; do
+    [[ -f "$VENV/$part.log" ]] || continue
+    echo
+    echo "## $part (last lines)"
+    echo
+    echo '```'
+    grep -v '^\s*$' "$VENV/$part.log" | tail -n 25
+    echo '```'
+  done
+} > "$RECORD"
+log "record: $RECORD (exit status $status)"
+exit $status
