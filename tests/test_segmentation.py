@@ -145,7 +145,9 @@ def test_s12_config_is_the_paper_recipe():
     assert test_cfg['ResizeToMultiple'].size_divisor == 32
     m = cfg.model
     assert m.backbone.type == 'MetaFormer' and m.backbone.out_indices == (0, 1, 2, 3)
-    assert m.backbone.init_cfg == dict(type='Pretrained', checkpoint='checkpoints/poolformer_s12.pth.tar')
+    assert m.backbone.init_cfg == dict(
+        type='Pretrained',
+        checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar')
     assert m.pretrained is None
     assert m.neck.in_channels == [64, 128, 320, 512] and m.neck.num_outs == 4
     assert (m.decode_head.channels, m.decode_head.num_classes, m.decode_head.dropout_ratio) == (128, 150, 0.1)
