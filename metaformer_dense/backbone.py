@@ -11,7 +11,7 @@ It depends on torch, timm and mmengine only; the mmdet / mmseg plugins register 
 """
 from __future__ import annotations
 
-import functools
+import warnings
 from typing import Dict, Optional, Sequence, Tuple, Union
 
 import timm
@@ -69,6 +69,10 @@ class MetaFormerBackbone(BaseModule):
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
             checkpoints and reports missing and unexpected keys.
+        pretrained: Deprecated: mmseg's older spelling of
+            ``init_cfg=dict(type='Pretrained', checkpoint=pretrained)`` (mmseg's
+            ``EncoderDecoder(pretrained=PATH)`` hands it to the backbone). Accepted with a
+            ``FutureWarning``; give ``init_cfg`` instead.
     """
 
     def __init__(self,
@@ -82,7 +86,19 @@ class MetaFormerBackbone(BaseModule):
                  layer_scale_init_value: Optional[float] = None,
                  channels_last: bool = True,
                  compile: Union[bool, dict] = False,
-                 init_cfg: Optional[dict] = None):
+                 init_cfg: Optional[dict] = None,
+                 pretrained: Optional[str] = None):
+        if pretrained is not None:
+            if not isinstance(pretrained, str):
+                raise TypeError(f'pretrained must be a checkpoint path (str) or None, got '
+                                f'{pretrained!r}')
+            if init_cfg is not None:
+                raise ValueError(f'pretrained={pretrained!r} and init_cfg={init_cfg!r} both say '
+                                 'how to initialise the backbone; keep only init_cfg')
+            warnings.warn(f"MetaFormerBackbone: pretrained={pretrained!r} is deprecated; use "
+                          f"init_cfg=dict(type='Pretrained', checkpoint={pretrained!r})",
+                          FutureWarning, stacklevel=2)
+            init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
         arch = _SHORT.get(arch, arch)
         if arch not in ARCHS:
@@ -154,24 +170,27 @@ class MetaFormerBackbone(BaseModule):
             return self._forward(x)
         compiled = self.__dict__.get('_compiled_forward')
         if compiled is None:
-            # Compiled code runs timm's modules: inductor fuses them itself, and the CPU path's
-            # Python loops over row chunks would only unroll into a larger graph.
-            compiled = torch.compile(functools.partial(self._forward, cpu_path=False),
-                                     **self.compile_cfg)
+            # Under the compiler _forward runs timm's modules (fast_path.observed): inductor fuses
+            # them itself, and the CPU path's loops over row chunks would only unroll.
+            compiled = torch.compile(self._forward, **self.compile_cfg)
             # Kept out of state_dict, pickling and deepcopy (see __getstate__).
             self.__dict__['_compiled_forward'] = compiled
         return compiled(x)
 
-    def _forward(self, x: torch.Tensor, cpu_path: bool = True) -> Tuple[torch.Tensor, ...]:
+    def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        # CPU: the same math with less memory traffic (fast_path.py), unless a tracer, exporter,
+        # compiler or hook watches (they would see the chunk loop and the in-place updates); timm's
+        # modules otherwise. Decided once per call: a hook on the stem must see an output that
+        # stage 0 does not overwrite.
+        fast = (self.channels_last and not (self.with_cp and torch.is_grad_enabled())
+                and not fast_path.observed(self))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
-        # CPU: the same math with less memory traffic (fast_path.py); timm's modules otherwise.
-        fast = cpu_path and self.channels_last and fast_path.applies(x) and not (
-            self.with_cp and torch.is_grad_enabled())
+        fast = fast and fast_path.applies(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            if fast and self._fast_stages[i] and not fast_path.has_hooks(stage):
+            if fast and self._fast_stages[i]:
                 x = fast_path.stage_forward(stage, x)
             else:
                 x = stage(x)

@@ -24,6 +24,13 @@ The operations and their order per element are timm's ``MetaFormerBlock``'s; onl
 summation order inside the matrix products (and of the chunked weight gradients) differs:
 float rounding, about 1e-6 in fp32. ``tests/test_fast_path.py`` and ``benchmarks/speed.py``
 check outputs and gradients against timm and mmpretrain.
+
+Both tricks are visible to anyone who watches the computation rather than its result: a tracer
+records the chunk loop with the traced input's bounds and the in-place writes on permuted views
+(``torch.jit.trace`` and the TorchScript ONNX exporter replay them wrongly at other sizes, and
+even at the traced one), ``torch.export`` and dynamo guard on the number of rows, and a forward
+hook that kept a module's output would see it overwritten by the next stage. So the backbone
+asks :func:`observed` first and runs timm's modules whenever anything records or hooks it.
 """
 from __future__ import annotations
 
@@ -34,18 +41,36 @@ import torch.nn.functional as F
 from torch import nn
 
 from timm.models.metaformer import MetaFormerBlock, MetaFormerStage, Pooling, Scale, StarReLU
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
+from torch.nn.modules import module as _module
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['applies', 'has_hooks', 'stage_supported', 'stage_forward']
+__all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward']
 
 # Bytes of hidden activation per MLP chunk: rows x hidden floats, sized to stay in cache.
 CHUNK_BYTES = 4 << 20
 
 
 def applies(x: torch.Tensor) -> bool:
-    """Whether this module's path applies to ``x`` (CPU, fp32, channels-last, no autocast)."""
-    return (x.device.type == 'cpu' and x.dim() == 4 and x.dtype == torch.float32
-            and not torch.is_autocast_enabled('cpu')
+    """Whether this module's path applies to ``x`` (a plain CPU fp32 channels-last tensor, no
+    autocast). Tensor subclasses (fake, functional, distributed tensors) take timm's modules."""
+    return (type(x) is torch.Tensor and x.device.type == 'cpu' and x.dim() == 4
+            and x.dtype == torch.float32 and not torch.is_autocast_enabled('cpu')
             and x.is_contiguous(memory_format=torch.channels_last))
+
+
+def recording() -> bool:
+    """Whether the current call is being traced, scripted, exported or compiled.
+
+    Covers ``torch.jit.trace`` / ``torch.jit.script``, both ONNX exporters (the TorchScript one
+    traces; the ``dynamo=True`` one runs ``torch.export``), ``torch.export`` (strict and
+    non-strict), ``torch.compile`` / dynamo, ``torch.fx.symbolic_trace`` and any
+    ``TorchDispatchMode`` (``make_fx``, fake tensors, FLOP counters) that sees the operations.
+    """
+    return (torch.jit.is_scripting() or torch.jit.is_tracing()
+            or torch.onnx.is_in_onnx_export() or torch.compiler.is_compiling()
+            or torch.compiler.is_dynamo_compiling() or is_fx_symbolic_tracing()
+            or is_in_torch_dispatch_mode())
 
 
 def _supported_block(block: nn.Module) -> bool:
@@ -67,9 +92,27 @@ def stage_supported(stage: nn.Module) -> bool:
 
 
 def has_hooks(module: nn.Module) -> bool:
-    """Whether running ``module`` through this path would skip hooks someone registered."""
+    """Whether a forward, forward-pre or backward hook could see ``module`` or a submodule run.
+
+    Counts hooks registered on ``module`` or any submodule and the global ones
+    (``torch.nn.modules.module.register_module_forward_hook`` and friends), which fire on every
+    module.
+    """
+    if (_module._global_forward_hooks or _module._global_forward_pre_hooks
+            or _module._global_backward_hooks or _module._global_backward_pre_hooks):
+        return True
     return any(m._forward_hooks or m._forward_pre_hooks or m._backward_hooks
                or m._backward_pre_hooks for m in module.modules())
+
+
+def observed(module: nn.Module) -> bool:
+    """Whether anyone besides the caller could see how ``module`` computes its result.
+
+    True while :func:`recording` or when :func:`has_hooks` finds a hook on ``module``, its
+    submodules or all modules. The CPU path then steps aside: a recorded chunk loop or in-place
+    write would be replayed wrongly, and a hooked module's output must not be overwritten later.
+    """
+    return recording() or has_hooks(module)
 
 
 def _chunk_rows(hidden: int) -> int:
@@ -252,7 +295,8 @@ def stage_forward(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
 
     Without gradients and in eval mode the residual stream is updated in place, so ``x`` is
     consumed when the stage has no downsampling layer: pass a tensor nobody else holds (the
-    stem's or a stage's output).
+    stem's or a stage's output when no hook saw it), and only when :func:`observed` is False
+    for the model that owns ``stage``.
     """
     x = stage.downsample(x).contiguous(memory_format=torch.channels_last)
     if torch.is_grad_enabled() or stage.training:  # training: drop path, dropout, autograd

@@ -4,23 +4,14 @@ import copy
 import pytest
 import torch
 
+from timm.models.metaformer import MetaFormerStage
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
+
+from backbone_helpers import randomized as _randomized
 from metaformer_dense import MetaFormerBackbone, fast_path
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
 ARCHS = ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18', 'caformer_s18']
-
-
-def _randomized(arch, **kw):
-    """A backbone whose every block matters (ImageNet init leaves layer scales at 1e-5)."""
-    model = MetaFormerBackbone(arch, **kw)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if 'layer_scale' in name:
-                p.copy_(0.1 + 0.4 * torch.rand(p.shape, generator=g))
-            else:
-                p.add_(0.05 * torch.randn(p.shape, generator=g))
-    return model
 
 
 def _reference(model):
@@ -98,6 +89,20 @@ def test_stochastic_depth_and_train_mode_use_timm_modules(small_chunks):
         torch.testing.assert_close(o, e, atol=1e-4, rtol=1e-4)
 
 
+@pytest.fixture
+def timm_stage_calls(monkeypatch):
+    """Stages run through timm's ``MetaFormerStage.forward`` (the modules, not the CPU path)."""
+    calls = []
+    real = MetaFormerStage.forward
+
+    def counting(self, x):
+        calls.append(self)
+        return real(self, x)
+
+    monkeypatch.setattr(MetaFormerStage, 'forward', counting)
+    return calls
+
+
 def test_falls_back_where_it_does_not_apply(spy):
     model = _randomized('poolformer_s12').eval()
     with torch.no_grad(), torch.autocast('cpu', dtype=torch.bfloat16):
@@ -106,13 +111,93 @@ def test_falls_back_where_it_does_not_apply(spy):
     with torch.no_grad():
         nchw(X)
     assert not spy
-    seen = []
-    hook = model.stages[1].register_forward_hook(lambda m, i, o: seen.append(o.shape))
+
+
+def test_unobserved_forward_takes_the_cpu_path(spy, timm_stage_calls):
+    model = _randomized('poolformer_s12').eval()
     with torch.no_grad():
         model(X)
-    hook.remove()
-    assert len(seen) == 1  # a hooked stage runs through its modules, so the hook fires
-    assert len(spy) == 3  # the three other stages took the CPU path
+    assert len(spy) == 4 and not timm_stage_calls
+    handle = model.stages[2].blocks[0].mlp.fc1.register_forward_hook(lambda m, i, o: None)
+    with torch.no_grad():
+        model(X)
+    handle.remove()
+    assert len(spy) == 4 and len(timm_stage_calls) == 4  # hooked: every stage ran the modules
+    with torch.no_grad():
+        model(X)
+    assert len(spy) == 8 and len(timm_stage_calls) == 4  # the hook is gone: fast again
+
+
+# Every module whose output a feature-visualisation, distillation or CAM tool would hook, and
+# the backbone itself.
+HOOKED = ['', 'stem', 'stages.0', 'stages.1', 'stages.2', 'stages.3', 'stages.0.blocks.1',
+          'out_norms.0', 'out_norms.1', 'out_norms.2', 'out_norms.3']
+
+
+def _clone(value):
+    return tuple(_clone(v) for v in value) if isinstance(value, tuple) else value.clone()
+
+
+def _close(a, b):
+    if isinstance(a, tuple):
+        assert len(a) == len(b)
+        for p, q in zip(a, b):
+            _close(p, q)
+    else:
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'convformer_s18'])
+def test_hooks_see_what_eager_computes(arch, small_chunks, spy):
+    """A hook keeps references to what it saw (no copy), as most tools do; they must still hold
+    the values timm's modules compute when the forward returns."""
+    model = _randomized(arch).eval()
+    ref = _reference(model).eval()
+    expected, seen_in = {}, {}
+    handles = [ref.get_submodule(n).register_forward_hook(
+        lambda m, i, o, n=n: expected.__setitem__(n, _clone(o))) for n in HOOKED]
+    with torch.no_grad():
+        ref_out = ref(X)
+    for h in handles:
+        h.remove()
+    for name in HOOKED:
+        seen = {}
+        module = model.get_submodule(name)
+        handles = [module.register_forward_hook(lambda m, i, o: seen.__setitem__('out', o)),
+                   module.register_forward_pre_hook(lambda m, i: seen.__setitem__('in', i[0]))]
+        with torch.no_grad():
+            out = model(X)
+        for h in handles:
+            h.remove()
+        _close(seen['out'], expected[name])
+        seen_in[name] = seen['in']
+        _close(out, ref_out)
+    # A stage's input is the stem's / the previous stage's output, whoever hooked it.
+    _close(seen_in['stages.0'], expected['stem'])
+    _close(seen_in['stages.1'], expected['stages.0'])
+    _close(seen_in['out_norms.0'], expected['stages.0'])
+    assert not spy  # every one of these forwards ran the modules
+
+
+@pytest.mark.parametrize('register', [register_module_forward_hook, register_module_forward_pre_hook])
+def test_global_hooks_fire_for_every_module(register, spy):
+    model = _randomized('poolformer_s12').eval()
+    ref = _reference(model).eval()
+    fired = []
+    handle = register(lambda m, *args: fired.append(m))
+    try:
+        with torch.no_grad():
+            model(X)
+            ours = list(fired)
+            fired.clear()
+            ref(X)
+    finally:
+        handle.remove()
+    # The same modules, in the same order, as the stock NCHW path: none skipped by the CPU path.
+    names = {m: n for n, m in model.named_modules()}
+    ref_names = {m: n for n, m in ref.named_modules()}
+    assert [names[m] for m in ours] == [ref_names[m] for m in fired]
+    assert not spy
 
 
 def test_gradient_checkpointing_keeps_timm_path(spy):
