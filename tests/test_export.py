@@ -1,0 +1,120 @@
+"""What tracers, exporters and compilers record of the backbone computes what eager computes.
+
+Each graph is made at one input size and run at that size and at another, against the eager
+backbone on the same input. The ImageNet init would hide wrong blocks (layer scales of 1e-5), so
+the weights are randomized. Tolerance: 1e-4 absolute and relative (the recorded graphs run the
+same operations; what differs is float rounding, about 1e-5 here).
+"""
+import onnxruntime as ort
+import pytest
+import torch
+
+from backbone_helpers import randomized
+from metaformer_dense import fast_path
+
+TRACED, OTHER = (64, 96), (96, 128)  # (H, W): the size a graph is made at, and another
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _image(hw, seed):
+    return torch.randn(1, 3, *hw, generator=torch.Generator().manual_seed(seed))
+
+
+def _eager(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+def _assert_matches(outs, expected, what):
+    assert len(outs) == len(expected), what
+    for i, (o, e) in enumerate(zip(outs, expected)):
+        o = torch.as_tensor(o)
+        assert o.shape == e.shape, f'{what}, output {i}'
+        torch.testing.assert_close(o, e, **TOL, msg=lambda m: f'{what}, output {i}: {m}')
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    # Several MLP row chunks per stage at these sizes, so a recorded chunk loop would show.
+    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+
+
+@pytest.fixture
+def spy(monkeypatch):
+    calls = []
+    real = fast_path.stage_forward
+
+    def counting(stage, x):
+        calls.append(stage)
+        return real(stage, x)
+
+    monkeypatch.setattr(fast_path, 'stage_forward', counting)
+    return calls
+
+
+def _onnx_session(path):
+    return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
+
+
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'convformer_s18', 'caformer_s18'])
+def test_onnx_torchscript_exporter_matches_eager(arch, tmp_path, small_chunks):
+    model = randomized(arch).eval()
+    path = tmp_path / 'backbone.onnx'
+    with torch.no_grad():
+        torch.onnx.export(model, (_image(TRACED, 0),), str(path), dynamo=False, opset_version=17,
+                          input_names=['image'], dynamic_axes={'image': {2: 'height', 3: 'width'}})
+    session = _onnx_session(path)
+    for seed, hw in enumerate((TRACED, OTHER)):
+        x = _image(hw, seed)
+        _assert_matches(session.run(None, {'image': x.numpy()}), _eager(model, x),
+                        f'{arch} ONNX (TorchScript exporter) at {hw}')
+
+
+def test_onnx_dynamo_exporter_matches_eager(tmp_path, small_chunks):
+    # torch 2.14's default exporter: torch.export, then onnxscript.
+    model = randomized('poolformer_s12').eval()
+    path = tmp_path / 'backbone.onnx'
+    program = torch.onnx.export(model, (_image(TRACED, 0),), dynamo=True, input_names=['image'],
+                                dynamic_shapes={'x': {2: 'height', 3: 'width'}}, verbose=False)
+    program.save(str(path))
+    session = _onnx_session(path)
+    for seed, hw in enumerate((TRACED, OTHER)):
+        x = _image(hw, seed)
+        _assert_matches(session.run(None, {'image': x.numpy()}), _eager(model, x),
+                        f'ONNX (dynamo exporter) at {hw}')
+
+
+@pytest.mark.filterwarnings('ignore:`torch.jit.trace')
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'caformer_s18'])
+def test_jit_trace_runs_at_other_sizes(arch, small_chunks):
+    model = randomized(arch).eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(model, _image(TRACED, 0), check_trace=False)
+        x = _image(OTHER, 1)
+        _assert_matches(traced(x), _eager(model, x), f'{arch} traced at {TRACED}, run at {OTHER}')
+
+
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'caformer_s18'])
+def test_torch_export_with_dynamic_sizes_runs_at_other_sizes(arch, small_chunks):
+    model = randomized(arch).eval()
+    dynamic = torch.export.Dim.DYNAMIC
+    program = torch.export.export(model, (_image(TRACED, 0),),
+                                  dynamic_shapes={'x': {2: dynamic, 3: dynamic}})
+    exported = program.module()
+    for seed, hw in enumerate((TRACED, OTHER, (160, 64))):
+        x = _image(hw, seed)
+        with torch.no_grad():
+            outs = exported(x)
+        _assert_matches(outs, _eager(model, x), f'{arch} exported at {TRACED}, run at {hw}')
+
+
+def test_compiled_and_symbolically_traced_graphs_run_the_modules(spy):
+    model = randomized('poolformer_s12').eval()
+    x = _image(TRACED, 0)
+    expected = _eager(model, x)
+    assert len(spy) == 4  # eager and unobserved: the CPU path
+    spy.clear()
+    compiled = torch.compile(model, backend='eager')  # dynamo's graph, run eagerly: quick
+    _assert_matches(_eager(compiled, x), expected, 'torch.compile')
+    _assert_matches(torch.fx.symbolic_trace(model)(x), expected, 'torch.fx.symbolic_trace')
+    assert not spy  # neither recorded the chunk loop or the in-place updates
