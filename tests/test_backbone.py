@@ -142,3 +142,22 @@ def test_layer_scale_init_value_for_training_from_scratch():
     assert len(scales) == 2 * sum(model.depths) and all(torch.all(p == 0.5) for p in scales)
     with pytest.raises(ValueError, match='no layer scales'):
         MetaFormerBackbone('convformer_s18', layer_scale_init_value=0.5)
+
+
+def test_pretrained_path_is_the_deprecated_spelling_of_init_cfg(tmp_path):
+    source = MetaFormerBackbone('poolformer_s12', out_indices=(0,))
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = str(tmp_path / 'weights.pth')
+    torch.save(source.state_dict(), path)
+    with pytest.warns(FutureWarning, match=r"pretrained=.* is deprecated; use init_cfg="):
+        model = MetaFormerBackbone('poolformer_s12', out_indices=(0,), pretrained=path)
+    assert model.init_cfg == dict(type='Pretrained', checkpoint=path)
+    model.init_weights()
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name
+    with pytest.raises(ValueError, match='keep only init_cfg'):
+        MetaFormerBackbone(pretrained=path, init_cfg=dict(type='Pretrained', checkpoint=path))
+    with pytest.raises(TypeError, match='pretrained must be a checkpoint path'):
+        MetaFormerBackbone(pretrained=True)

@@ -293,3 +293,24 @@ def test_full_config_without_ade20k_names_the_expected_path(tmp_path):
     text = proc.stdout + proc.stderr
     assert 'data/ade/ADEChallengeData2016' in text
     assert 'Traceback' not in text, text[-3000:]
+
+
+def test_segmentor_pretrained_reaches_the_backbone(tmp_path):
+    # mmseg's older convention: EncoderDecoder(pretrained=PATH) hands PATH to the backbone,
+    # which reads it as init_cfg=dict(type='Pretrained', checkpoint=PATH).
+    from metaformer_dense import MetaFormerBackbone
+    cfg = _config(DEMO)
+    source = MetaFormerBackbone(cfg.model.backbone.arch, out_indices=cfg.model.backbone.out_indices)
+    with torch.no_grad():
+        for p in source.parameters():
+            p.normal_()
+    path = str(tmp_path / 'backbone.pth')
+    torch.save(source.state_dict(), path)
+    cfg.model.backbone.pop('init_cfg', None)
+    cfg.model.pretrained = path
+    with pytest.warns(FutureWarning, match='pretrained=.* is deprecated'):
+        model = _build(cfg)
+    assert model.backbone.init_cfg == dict(type='Pretrained', checkpoint=path)
+    model.init_weights()
+    for name, value in source.state_dict().items():
+        assert torch.equal(model.backbone.state_dict()[name], value), name
