@@ -26,6 +26,9 @@ setup(
     extras_require={
         'mmdet': ['mmdet==3.3.0', 'pycocotools'],
         'mmseg': ['mmsegmentation==1.2.2', 'ftfy', 'regex'],
-        'tests': ['pytest', 'mmpretrain==1.2.0'],
+        'tests': ['pytest', 'mmpretrain==1.2.0', 'onnx==1.23.1', 'onnxruntime==1.30.0',
+                  'onnxscript==0.7.2'],
+        # tools/export_onnx.py
+        'export': ['onnx==1.23.1', 'onnxruntime==1.30.0', 'onnxscript==0.7.2'],
     },
 )

@@ -1,16 +1,20 @@
-"""What tracers, exporters and compilers record of the backbone computes what eager computes.
+"""What tracers, exporters and compilers record of the backbone, and ONNX files of whole
+detectors and segmentors in tensor mode, compute what eager computes.
 
 Each graph is made at one input size and run at that size and at another, against the eager
 backbone on the same input. The ImageNet init would hide wrong blocks (layer scales of 1e-5), so
 the weights are randomized. Tolerance: 1e-4 absolute and relative (the recorded graphs run the
 same operations; what differs is float rounding, about 1e-5 here).
 """
+from pathlib import Path
+
 import onnxruntime as ort
 import pytest
 import torch
 
 from backbone_helpers import randomized
 from metaformer_dense import fast_path
+from tool_loader import load_tool
 
 TRACED, OTHER = (64, 96), (96, 128)  # (H, W): the size a graph is made at, and another
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -118,3 +122,58 @@ def test_compiled_and_symbolically_traced_graphs_run_the_modules(spy):
     _assert_matches(_eager(compiled, x), expected, 'torch.compile')
     _assert_matches(torch.fx.symbolic_trace(model)(x), expected, 'torch.fx.symbolic_trace')
     assert not spy  # neither recorded the chunk loop or the in-place updates
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole models in mmdet's / mmseg's tensor mode, through tools/export_onnx.py
+# ---------------------------------------------------------------------------------------------
+export_tool = load_tool('export_onnx')
+DEMO = Path(__file__).resolve().parents[1] / 'configs' / 'demo'
+
+
+def _tensor_mode(config, features=False):
+    model, _ = export_tool.build_model(str(DEMO / config))
+    with torch.no_grad():  # make the backbone's blocks matter (ImageNet init: 1e-5)
+        for name, p in model.backbone.named_parameters():
+            if 'layer_scale' in name:
+                p.fill_(0.3)
+    return export_tool.tensor_mode(model, features)
+
+
+@pytest.mark.parametrize('config,exporter,names', [
+    ('retinanet_poolformer_s12_tiny.py', 'dynamo',
+     [f'cls_score_{i}' for i in range(5)] + [f'bbox_pred_{i}' for i in range(5)]),
+    ('semantic_fpn_poolformer_s12_tiny.py', 'dynamo', ['seg_logits']),
+    ('semantic_fpn_poolformer_s12_tiny.py', 'torchscript', ['seg_logits']),
+])
+def test_tensor_mode_onnx_matches_eager_at_two_sizes(config, exporter, names, tmp_path,
+                                                    small_chunks):
+    module = _tensor_mode(config)
+    path = str(tmp_path / 'model.onnx')
+    assert export_tool.export(module, path, TRACED, exporter) == names
+    assert [o.name for o in _onnx_session(path).get_outputs()] == names
+    diffs = export_tool.check(path, module, [TRACED, OTHER, (128, 64)])  # raises beyond 1e-4
+    assert len(diffs) == 3 and max(diffs) < 1e-3
+
+
+def test_two_stage_detector_exports_features_and_refuses_the_rest(tmp_path, small_chunks):
+    with pytest.raises(ValueError, match="two-stage detector.*NMS.*--features"):
+        _tensor_mode('mask_rcnn_poolformer_s12_tiny.py')
+    module = _tensor_mode('mask_rcnn_poolformer_s12_tiny.py', features=True)
+    path = str(tmp_path / 'features.onnx')
+    assert export_tool.export(module, path, TRACED, 'torchscript') == [
+        f'feature_{i}' for i in range(5)]
+    export_tool.check(path, module, [TRACED, OTHER])
+
+
+def test_export_tool_command_line(tmp_path, capsys):
+    out = tmp_path / 'fpn.onnx'
+    export_tool.main([str(DEMO / 'semantic_fpn_poolformer_s12_tiny.py'), '--out', str(out),
+                      '--shape', '64', '96', '--check', '96', '128', '--exporter', 'torchscript'])
+    lines = capsys.readouterr().out.splitlines()
+    assert out.is_file() and "outputs ['seg_logits']" in lines[0]
+    assert [ln.split(':')[0] for ln in lines[1:]] == [
+        'onnxruntime vs eager at 64x96', 'onnxruntime vs eager at 96x128']
+    with pytest.raises(SystemExit):
+        export_tool.parse_args([str(DEMO / 'semantic_fpn_poolformer_s12_tiny.py'), '--out',
+                                str(out), '--shape', '100', '96'])

@@ -326,6 +326,25 @@ def test_train_rejects_bad_config(case, tmp_path):
     assert not list(tmp_path.glob('*.pth'))
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason='refused on CPU-only machines only')
+@pytest.mark.parametrize('how', ['flag', 'config'])
+def test_train_refuses_mixed_precision_on_cpu_and_says_why(how, tmp_path):
+    import argparse
+
+    from metaformer_dense.runner_utils import load_config
+    train = load_tool('train')
+    cfg = load_config(str(REPO / 'configs/demo/mask_rcnn_poolformer_s12_tiny.py'))
+    if how == 'config':
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+    args = argparse.Namespace(config='mask_rcnn.py', work_dir=str(tmp_path), launcher='none',
+                              amp=how == 'flag', auto_scale_lr=False, resume=None)
+    with pytest.raises(ValueError) as err:
+        train.apply_args(cfg, args)
+    message = str(err.value)
+    assert message.startswith('--amp: ' if how == 'flag' else 'optim_wrapper.type=AmpOptimWrapper')
+    assert "mmcv's CPU NMS takes float32 boxes only" in message and 'Train in float32' in message
+
+
 # ----------------------------------------------------------------------------- images
 def _write_odd_images(folder: Path) -> dict:
     rng = np.random.default_rng(0)

@@ -28,7 +28,7 @@ def parse_args() -> argparse.Namespace:
         '--resume', nargs='?', const='auto', metavar='CHECKPOINT',
         help='resume training (weights, optimizer, LR schedule, iteration) from CHECKPOINT, or, '
         'with no value, from the latest checkpoint in the work dir')
-    parser.add_argument('--amp', action='store_true', help='mixed precision (needs a GPU)')
+    parser.add_argument('--amp', action='store_true', help='mixed precision (needs a GPU; refused on CPU-only machines, see docs/speed.md)')
     parser.add_argument(
         '--auto-scale-lr', action='store_true',
         help="scale lr by (total batch size / the config's auto_scale_lr.base_batch_size)")
@@ -45,6 +45,15 @@ def parse_args() -> argparse.Namespace:
     return args
 
 
+CPU_AMP_REFUSAL = (
+    "{what}: mixed precision needs a GPU (or NPU/MLU/MUSA) and none is visible here. mmengine's "
+    'AmpOptimWrapper refuses to run on CPU, and bfloat16 autocast on CPU is no way round it: '
+    "mmcv's CPU NMS takes float32 boxes only, so two-stage detectors (Mask R-CNN's RPN) stop "
+    'with "expected scalar type Float but found BFloat16", and CPUs without native bf16 '
+    'instructions run bf16 slower than float32 (docs/speed.md). Train in float32 on CPU: '
+    'drop --amp (or the AmpOptimWrapper from the config).')
+
+
 def apply_args(cfg, args: argparse.Namespace) -> None:
     """Fold the command-line flags into ``cfg``; raise ValueError on a flag that cannot apply."""
     from mmengine.device import get_device
@@ -55,9 +64,11 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
                     or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
+    amp_in_config = cfg.optim_wrapper.get('type') == 'AmpOptimWrapper'
+    if (args.amp or amp_in_config) and get_device() == 'cpu':
+        raise ValueError(CPU_AMP_REFUSAL.format(
+            what='--amp' if args.amp else 'optim_wrapper.type=AmpOptimWrapper'))
     if args.amp:
-        if get_device() == 'cpu':
-            raise ValueError('--amp needs a GPU (or NPU/MLU/MUSA); none is visible here.')
         if cfg.optim_wrapper.get('type', 'OptimWrapper') == 'OptimWrapper':
             cfg.optim_wrapper.type = 'AmpOptimWrapper'
             cfg.optim_wrapper.setdefault('loss_scale', 'dynamic')
