@@ -5,8 +5,9 @@ Depends on torch, timm and mmengine only. ``mmdet_plugin`` and ``mmseg_plugin`` 
 """
 from .backbone import ARCHS, MetaFormerBackbone
 from .checkpoint import CheckpointError, convert_state_dict, read_checkpoint
+from .layer_decay import MetaFormerLayerDecayConstructor
 from .safe_globals import allow_runner_checkpoints
 
 __all__ = ['ARCHS', 'MetaFormerBackbone', 'CheckpointError', 'convert_state_dict',
-           'read_checkpoint', 'allow_runner_checkpoints']
+           'read_checkpoint', 'allow_runner_checkpoints', 'MetaFormerLayerDecayConstructor']
 __version__ = '0.1.0'

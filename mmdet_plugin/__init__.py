@@ -1,15 +1,21 @@
 """Registers the MetaFormer backbone with mmdet: ``backbone=dict(type='MetaFormer', arch=...)``.
 
+Also registers the layer-wise lr decay constructor (``MetaFormerLayerDecayConstructor``) and
+``InstanceSegTTAModel`` (``tools/test.py --tta`` for Mask R-CNN-type configs).
+
 Configs load it with ``custom_imports = dict(imports=['mmdet_plugin'])``. Needs mmdet only.
 """
-from mmdet.registry import MODELS
+from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
-from metaformer_dense import MetaFormerBackbone, allow_runner_checkpoints
+from metaformer_dense import (MetaFormerBackbone, MetaFormerLayerDecayConstructor,
+                              allow_runner_checkpoints)
 from metaformer_dense.download import register_url_loaders
 
+from . import tta  # noqa: F401  (registers InstanceSegTTAModel)
 from .focal_loss import FocalLossFP32
 
 MODELS.register_module('MetaFormer', module=MetaFormerBackbone)
+OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=MetaFormerLayerDecayConstructor)
 allow_runner_checkpoints()  # so `--resume` works on torch >= 2.6 without unsafe unpickling
 register_url_loaders()  # URL / hf-hub: checkpoints: cached, verified, read safely
 

@@ -1,0 +1,10 @@
+# Cascade Mask R-CNN 3x (4conv1fc, GIoU) with a CAFormer-S36 backbone on COCO:
+# the ConvNeXt-zoo recipe of cascade_mask_rcnn_3x_convformer_s18.py
+# (which says where each setting comes from).
+_base_ = './cascade_mask_rcnn_3x_convformer_s18.py'
+
+model = dict(
+    backbone=dict(
+        arch='caformer_s36',
+        drop_path_rate=0.6,  # 39 M backbone: the ConvNeXt-S class (>= 35 M)
+        init_cfg=dict(checkpoint='checkpoints/caformer_s36.pth')))

@@ -1,0 +1,13 @@
+# Cascade Mask R-CNN 3x (4conv1fc, GIoU) with a PoolFormer-M48 backbone on COCO:
+# the ConvNeXt-zoo recipe of cascade_mask_rcnn_3x_convformer_s18.py
+# (which says where each setting comes from).
+_base_ = './cascade_mask_rcnn_3x_convformer_s18.py'
+
+backbone_out_channels = [96, 192, 384, 768]  # M-size widths (S: 64-128-320-512)
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_m48',
+        drop_path_rate=0.6,  # 73 M backbone: the ConvNeXt-S class (>= 35 M)
+        init_cfg=dict(checkpoint='checkpoints/poolformer_m48.pth.tar')),
+    neck=dict(in_channels=backbone_out_channels))

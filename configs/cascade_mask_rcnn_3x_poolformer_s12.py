@@ -1,0 +1,10 @@
+# Cascade Mask R-CNN 3x (4conv1fc, GIoU) with a PoolFormer-S12 backbone on COCO:
+# the ConvNeXt-zoo recipe of cascade_mask_rcnn_3x_convformer_s18.py
+# (which says where each setting comes from).
+_base_ = './cascade_mask_rcnn_3x_convformer_s18.py'
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_s12',
+        # drop path 0.4 (inherited): 12 M backbone, the ConvNeXt-T class (< 35 M)
+        init_cfg=dict(checkpoint='checkpoints/poolformer_s12.pth.tar')))

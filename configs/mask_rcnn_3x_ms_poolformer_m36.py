@@ -1,0 +1,13 @@
+# Mask R-CNN 3x (multi-scale training) with a PoolFormer-M36 backbone on COCO:
+# the ConvNeXt-zoo recipe of mask_rcnn_3x_ms_convformer_s18.py
+# (which says where each setting comes from).
+_base_ = './mask_rcnn_3x_ms_convformer_s18.py'
+
+backbone_out_channels = [96, 192, 384, 768]  # M-size widths (S: 64-128-320-512)
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_m36',
+        drop_path_rate=0.6,  # 56 M backbone: the ConvNeXt-S class (>= 35 M)
+        init_cfg=dict(checkpoint='checkpoints/poolformer_m36.pth.tar')),
+    neck=dict(in_channels=backbone_out_channels))

@@ -1,0 +1,10 @@
+# Mask R-CNN 3x (multi-scale training) with a PoolFormer-S12 backbone on COCO:
+# the ConvNeXt-zoo recipe of mask_rcnn_3x_ms_convformer_s18.py
+# (which says where each setting comes from).
+_base_ = './mask_rcnn_3x_ms_convformer_s18.py'
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_s12',
+        # drop path 0.4 (inherited): 12 M backbone, the ConvNeXt-T class (< 35 M)
+        init_cfg=dict(checkpoint='checkpoints/poolformer_s12.pth.tar')))
