@@ -1,0 +1,22 @@
+"""UperNet with a PoolFormer-M48 backbone on ADE20K, 160k iterations.
+
+The ConvFormer / CAFormer recipe of ``upernet_convformer_s18.py`` (its docstring says where
+each setting comes from).
+
+No published UperNet result for PoolFormer v1 (its paper used Semantic FPN:
+``semantic_fpn_poolformer_m48.py``). Set the ImageNet-1k checkpoint path below (official
+``poolformer_m48.pth.tar``, timm or mmpretrain).
+"""
+_base_ = './upernet_convformer_s18.py'
+
+backbone_out_channels = [96, 192, 384, 768]  # PoolFormer-M widths (S: 64-128-320-512)
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_m48',
+        # ImageNet drop path 0.4 (PoolFormer paper) -> 0.4 by the rule in
+        # upernet_convformer_s18.py (about the ImageNet value, at least 0.3).
+        drop_path_rate=0.4,
+        init_cfg=dict(checkpoint='checkpoints/poolformer_m48.pth.tar')),
+    decode_head=dict(in_channels=backbone_out_channels),
+    auxiliary_head=dict(in_channels=backbone_out_channels[2]))

@@ -1,0 +1,18 @@
+"""UperNet with a PoolFormer-S24 backbone on ADE20K, 160k iterations.
+
+The ConvFormer / CAFormer recipe of ``upernet_convformer_s18.py`` (its docstring says where
+each setting comes from).
+
+No published UperNet result for PoolFormer v1 (its paper used Semantic FPN:
+``semantic_fpn_poolformer_s24.py``). Set the ImageNet-1k checkpoint path below (official
+``poolformer_s24.pth.tar``, timm or mmpretrain).
+"""
+_base_ = './upernet_convformer_s18.py'
+
+model = dict(
+    backbone=dict(
+        arch='poolformer_s24',
+        # ImageNet drop path 0.1 (PoolFormer paper) -> 0.3 by the rule in
+        # upernet_convformer_s18.py (about the ImageNet value, at least 0.3).
+        drop_path_rate=0.3,
+        init_cfg=dict(checkpoint='checkpoints/poolformer_s24.pth.tar')))
