@@ -6,6 +6,7 @@ Examples:
     python tools/test.py configs/retinanet_poolformer_s12.py ckpt.pth
     python tools/test.py CONFIG ckpt.pth --out results.pkl      # also pickle the predictions
     python tools/test.py CONFIG ckpt.pth --show-dir vis/        # also draw them
+    python tools/test.py CONFIG ckpt.pth --tta    # multi-scale + flip (the config's tta_model)
     tools/dist_test.sh CONFIG ckpt.pth 8
 
 ``--out`` writes mmdet's DumpDetResults format for detection, and for segmentation a list of
@@ -28,7 +29,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument('checkpoint', help='checkpoint: a file, an http(s):// URL (fetched once '
                         'into $TORCH_HOME/hub/checkpoints) or an hf-hub: name')
     parser.add_argument('--work-dir', help='where the log and metrics go '
-                        '(default: work_dirs/CONFIG_NAME)')
+                        '(default: work_dirs/CONFIG_NAME, with --tta work_dirs/CONFIG_NAME_tta)')
     parser.add_argument('--out', metavar='FILE.pkl', help='pickle the predictions here')
     parser.add_argument('--show-dir', help='draw the predictions on the images into this folder')
     parser.add_argument('--tta', action='store_true',
@@ -49,7 +50,8 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
     """Fold the command-line flags into ``cfg``; raise ValueError on a flag that cannot apply."""
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
-                    or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]))
+                    or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]
+                                + ('_tta' if args.tta else '')))  # the report reads MS here
     if '://' not in args.checkpoint:
         if not osp.isfile(args.checkpoint):
             raise ValueError(f'checkpoint not found: {args.checkpoint}')
@@ -104,7 +106,9 @@ def main() -> None:
     # the test would score random weights. Load strictly here; the Runner then skips its load.
     try:
         if '://' not in args.checkpoint:  # integers where the model has floats: a named error
-            check_float_weights(runner.model, extract_state_dict(state))
+            # compared without a wrapper's `module.` prefix (DDP, or the --tta model)
+            check_float_weights(getattr(runner.model, 'module', runner.model),
+                                extract_state_dict(state))
         runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
     except (RuntimeError, CheckpointError) as err:
         sys.exit(f'error: {args.checkpoint} does not fit the model of {args.config} '
