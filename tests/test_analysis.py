@@ -84,3 +84,21 @@ def test_unfillable_cells_say_why(tmp_path):
     for line in md.splitlines():  # no empty cells: every cell holds a number or a reason
         if line.startswith('| retinanet'):
             assert '|  |' not in line and '||' not in line
+
+
+def test_attention_multiply_adds_are_counted():
+    """mmengine's counter skips fused attention; the report's handle counts q k^T and attn v."""
+    import torch
+    import torch.nn.functional as F
+    from mmengine.analysis import FlopAnalyzer
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return F.scaled_dot_product_attention(q, k, v)
+
+    q, k, v = torch.randn(2, 4, 10, 8), torch.randn(2, 4, 6, 8), torch.randn(2, 4, 6, 5)
+    plain = FlopAnalyzer(Attention(), (q, k, v)).unsupported_ops_warnings(False)
+    assert plain.total() == 0  # why the handle exists
+    counted = FlopAnalyzer(Attention(), (q, k, v)).set_op_handle(
+        'aten::scaled_dot_product_attention', report._sdpa_macs)
+    assert counted.total() == 2 * 4 * 10 * 6 * (8 + 5)

@@ -1,10 +1,13 @@
 """Benchmark report: params, FLOPs, speed, memory and accuracy of configs next to the paper.
 
 For every config (default: all ``configs/*.py`` at the top level) the built model's parameters,
-its FLOPs at the paper's input size (detection 1280x800, segmentation 512x512), inference
+its FLOPs at the paper's input size (detection 1280x800, segmentation 512x512, UperNet 512x2048
+as its published MACs), inference
 latency / FPS and peak training memory (on a GPU only), and the box AP / mask AP / mIoU that the
 user's own ``tools/test.py`` runs wrote under ``work_dirs/<config name>/`` are put next to the
-published numbers of the PoolFormer paper, with the difference. A cell that cannot be filled
+published numbers of the PoolFormer paper (UperNet: the MetaFormer Baselines table in
+``benchmarks/published.py``; its multi-scale mIoU is read from ``work_dirs/<config name>_tta/``,
+where ``tools/test.py --tta`` writes by default), with the difference. A cell that cannot be filled
 says why. A PNG plots accuracy against params and against FLOPs, paper points and the user's.
 
 FLOPs here are multiply-adds (MACs), the quantity the paper calls FLOPs, counted by
@@ -58,6 +61,9 @@ PAPER: Dict[Tuple[str, str], Dict[str, float]] = {
 }
 PAPER_SOURCE = ('PoolFormer paper (Yu et al., CVPR 2022), Table 3 (COCO val2017, 1x) and '
                 'Table 4 (ADE20K val, Semantic FPN 40k iterations)')
+# UperNet, ADE20K 160k (ConvFormer / CAFormer): the one copy is benchmarks/published.py.
+from benchmarks.published import (UPERNET_ADE20K, UPERNET_ADE20K_MACS_INPUT,  # noqa: E402
+                                  UPERNET_ADE20K_REFERENCE, UPERNET_ADE20K_SOURCE)
 
 #: The paper's input sizes for FLOPs, (H, W).
 FLOPS_INPUT = {'detection': (800, 1280), 'segmentation': (512, 512)}
@@ -66,6 +72,7 @@ METRICS = {
     'bbox_mAP': ('coco/bbox_mAP', 100.0, 'box AP'),
     'segm_mAP': ('coco/segm_mAP', 100.0, 'mask AP'),
     'mIoU': ('mIoU', 1.0, 'mIoU'),
+    'mIoU_ms': ('mIoU', 1.0, 'mIoU MS'),  # read from work_dirs/<config>_tta/ (tools/test.py --tta)
 }
 TASK_METRICS = {'detection': ('bbox_mAP', 'segm_mAP'), 'segmentation': ('mIoU',)}
 
@@ -88,7 +95,16 @@ class Row:
 
     @property
     def paper(self) -> Optional[Dict[str, float]]:
+        if self.method == 'UperNet':
+            pub = UPERNET_ADE20K.get(self.arch)
+            return None if pub is None else dict(params=pub['params_m'], flops=pub['macs_g'],
+                                                 mIoU=pub['miou_ss'], mIoU_ms=pub['miou_ms'])
         return PAPER.get((self.method, self.arch))
+
+    @property
+    def flops_input(self) -> Tuple[int, int]:
+        """(H, W) the FLOPs are counted at: the published UperNet MACs are at 512x2048."""
+        return UPERNET_ADE20K_MACS_INPUT if self.method == 'UperNet' else FLOPS_INPUT[self.task]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,10 +123,15 @@ def describe(cfg) -> Tuple[str, str, str]:
     if scope == 'mmseg' or model.type == 'EncoderDecoder':
         task = 'segmentation'
         head = model.get('decode_head', {}).get('type', '?')
-        method = 'Semantic FPN' if head == 'FPNHead' else f'{model.type}+{head}'
+        method = {'FPNHead': 'Semantic FPN', 'UPerHead': 'UperNet'}.get(
+            head, f'{model.type}+{head}')
     else:
         task = 'detection'
-        method = {'RetinaNet': 'RetinaNet', 'MaskRCNN': 'Mask R-CNN'}.get(model.type, model.type)
+        method = {'RetinaNet': 'RetinaNet', 'MaskRCNN': 'Mask R-CNN',
+                  'CascadeRCNN': 'Cascade Mask R-CNN'}.get(model.type, model.type)
+        epochs = (cfg.get('train_cfg') or {}).get('max_epochs')
+        if epochs and epochs != 12:  # 3x configs are not the paper's 1x models
+            method += f' {epochs // 12}x'
     backbone = model.get('backbone', {})
     arch = backbone.get('arch', backbone.get('type', '?'))
     arch = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}.get(arch, arch)
@@ -158,6 +179,21 @@ def count_params(model) -> float:
     return sum(p.numel() for p in model.parameters()) / 1e6
 
 
+def _sdpa_macs(inputs, outputs) -> int:
+    """Multiply-adds of ``aten::scaled_dot_product_attention``: ``q @ k^T`` and ``attn @ v``.
+
+    mmengine 0.10.7's counter has no handle for it and silently counts 0, which drops the
+    self-attention of CAFormer's stages 3-4 (timm runs it fused): CAFormer-S18 at 224x224 counts
+    3.90 G without this handle and 4.12 G with it, against the paper's 4.1 G.
+    """
+    from mmengine.analysis.jit_handles import get_shape
+    q, k, v = (get_shape(x) for x in inputs[:3])
+    batch = 1
+    for n in q[:-2]:
+        batch *= n
+    return batch * q[-2] * k[-2] * (q[-1] + v[-1])
+
+
 def count_flops(model, task: str, hw: Tuple[int, int]) -> float:
     """Multiply-adds (G) of one forward of backbone + neck + heads on a ``hw`` image."""
     import torch
@@ -175,6 +211,7 @@ def count_flops(model, task: str, hw: Tuple[int, int]) -> float:
     data = model.data_preprocessor(fake_batch(model, task, hw), False)
     with torch.no_grad():
         analyzer = FlopAnalyzer(_Forward(model, data['data_samples']), (data['inputs'],))
+        analyzer.set_op_handle('aten::scaled_dot_product_attention', _sdpa_macs)
         analyzer.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
         return analyzer.total() / 1e9
 
@@ -278,7 +315,7 @@ def analyse(config: str, work_dirs: Path, flops: bool, device: str) -> Row:
         for key in ('params', 'flops', 'latency', 'memory', *METRICS):
             row.cells[key] = f'config failed to load: {type(exc).__name__}: {exc}'[:160]
         return row
-    hw = FLOPS_INPUT[row.task]
+    hw = row.flops_input
     try:
         model = build_model(cfg, row.task)
         row.params_m = count_params(model)
@@ -312,8 +349,19 @@ def analyse(config: str, work_dirs: Path, flops: bool, device: str) -> Row:
     del model
     metrics = TASK_METRICS[row.task] if row.method != 'RetinaNet' else ('bbox_mAP',)
     row.results, row.result_source = find_results(work_dirs / name, metrics)
+    if row.method == 'UperNet':  # multi-scale + flip: tools/test.py --tta's default work dir
+        ms, ms_source = find_results(work_dirs / f'{name}_tta', ['mIoU'])
+        if ms:
+            row.results['mIoU_ms'] = ms['mIoU']
+            row.result_source = '; '.join(filter(None, [row.result_source, ms_source]))
+        metrics = ('mIoU', 'mIoU_ms')
+        if 'mIoU_ms' not in row.results:
+            row.cells['mIoU_ms'] = (f'{NO_RESULTS} (no mIoU in {work_dirs / name}_tta/: run '
+                                    'tools/test.py --tta)')
     paper = row.paper or {}
     for m in metrics:
+        if m in row.cells:
+            continue
         if m in row.results:
             row.cells[m] = _fmt(row.results[m]) + _diff(row.results[m], paper.get(m))
         elif (work_dirs / name).is_dir():
@@ -346,9 +394,9 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
               '`torch.cuda.max_memory_allocated` during one training step at the config\'s '
               'per-GPU batch.' if gpu else
               'Latency and training memory are measured on a GPU only; this run had none.'), '']
-    for task, title in (('detection', 'Detection (COCO val2017, 1x; FLOPs at 1280x800)'),
+    for task, title in (('detection', 'Detection (COCO val2017; FLOPs at 1280x800)'),
                         ('segmentation', 'Segmentation (ADE20K val; FLOPs at 512x512)')):
-        sel = [r for r in rows if r.task == task]
+        sel = [r for r in rows if r.task == task and r.method != 'UperNet']
         if not sel:
             continue
         mets = TASK_METRICS[task]
@@ -370,6 +418,7 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
                 + ' | '.join(_paper_cell(r, m) if r.method != 'RetinaNet' or m == 'bbox_mAP'
                              else '-' for m in mets) + ' |')
         out.append('')
+    out += _upernet_table([r for r in rows if r.method == 'UperNet'])
     broken = [r for r in rows if r.task not in FLOPS_INPUT]
     if broken:
         out += ['## Configs that could not be read', '']
@@ -380,6 +429,9 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
             'for this backbone and method, so there is nothing to compare with.',
             f'- "{NO_RESULTS}": train, then run `tools/test.py CONFIG CHECKPOINT --work-dir '
             'work_dirs/<config name>` and regenerate with `make report`.',
+            "- Self-attention (CAFormer's stages 3-4) is counted: mmengine's counter has no rule "
+            'for `scaled_dot_product_attention` and would count it as 0; this tool adds one '
+            '(q k^T and attention x v multiply-adds).',
             '- Mask R-CNN FLOPs include the RoI heads on the proposals the RPN keeps for a random '
             "input (the test config's limit is 1000), so they are an upper-end estimate.",
             '- The plot `benchmark_report.png` shows accuracy against params and FLOPs; paper '
@@ -389,6 +441,60 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
         out += ['', 'Result files read:', '']
         out += [f'- {r.config}: `{r.result_source}`' for r in sources]
     return '\n'.join(out) + '\n'
+
+
+def _upernet_table(rows: Sequence[Row]) -> List[str]:
+    """UperNet rows with the published params, MACs and single- / multi-scale mIoU beside ours."""
+    if not rows:
+        return []
+    h, w = UPERNET_ADE20K_MACS_INPUT
+    out = [f'## UperNet (ADE20K val, 160k; GFLOPs = GMACs at {h}x{w})', '',
+           f'Published: {UPERNET_ADE20K_SOURCE}. Published params and MACs are rounded to '
+           "integers there. \"MS\": multi-scale + flip test, ours from `tools/test.py --tta` "
+           '(written to `work_dirs/<config name>_tta/`).', '',
+           '| config | params (M) | published params (M) | GFLOPs | published GFLOPs | latency | '
+           'train memory | mIoU (ours) | mIoU (published) | mIoU MS (ours) | mIoU MS (published) |',
+           '|' + '---|' * 11]
+    for r in rows:
+        paper = r.paper or {}
+        params, flops = r.cells.get('params', '-'), r.cells.get('flops', '-')
+        if r.params_m is not None and 'params' in paper:
+            params += _diff(r.params_m, paper['params'], 1)
+        if r.flops_g is not None and 'flops' in paper:
+            flops += _diff(r.flops_g, paper['flops'], 0)
+        pub = [_fmt(paper.get(k), 0 if k in ('params', 'flops') else 1) if paper
+               else 'none published' for k in ('params', 'flops', 'mIoU', 'mIoU_ms')]
+        out.append(f'| {r.config} | {params} | {pub[0]} | {flops} | {pub[1]} | '
+                   f'{r.cells.get("latency", "-")} | {r.cells.get("memory", "-")} | '
+                   f'{r.cells.get("mIoU", "-")} | {pub[2]} | {r.cells.get("mIoU_ms", "-")} | '
+                   f'{pub[3]} |')
+    return out + ['']
+
+
+def _plot_upernet(ax, rows: Sequence[Row], xkey: str) -> bool:
+    """Published UperNet mIoU (single-scale) per family, the table's other backbones on the
+    params axis, and the user's UperNet results; returns whether any of the user's was drawn."""
+    for family, color in (('convformer', 'tab:purple'), ('caformer', 'tab:brown')):
+        pts = sorted((pub['params_m'] if xkey == 'params' else pub['macs_g'], pub['miou_ss'],
+                      arch.split('_')[-1].upper())
+                     for arch, pub in UPERNET_ADE20K.items() if arch.startswith(family + '_'))
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], 's--', color=color, mfc='white',
+                label=f'UperNet {family} mIoU (published)')
+        for x, y, name in pts:
+            ax.annotate(name, (x, y), textcoords='offset points', xytext=(4, 4), fontsize=7,
+                        color=color)
+    if xkey == 'params':
+        for name, pub in UPERNET_ADE20K_REFERENCE.items():
+            ax.plot(pub['params_m'], pub['miou_ss'], 'x', color='gray')
+            ax.annotate(f'{name} (UperNet)', (pub['params_m'], pub['miou_ss']),
+                        textcoords='offset points', xytext=(4, -10), fontsize=7, color='gray')
+    mine = [((r.params_m if xkey == 'params' else r.flops_g), r.results['mIoU'])
+            for r in rows if r.method == 'UperNet' and 'mIoU' in r.results]
+    mine = [(x, y) for x, y in mine if x is not None]
+    if mine:
+        ax.plot([p[0] for p in mine], [p[1] for p in mine], '*', color='tab:purple', ms=13,
+                label='UperNet mIoU (yours)', mec='black')
+    return bool(mine)
 
 
 def plot(rows: Sequence[Row], path: Path) -> None:
@@ -407,7 +513,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
     mine_any = False
     for ax, xkey, xlabel in ((axes[0], 'params', 'params (M)'),
                              (axes[1], 'flops', 'GFLOPs (multiply-adds; det 1280x800, '
-                                                'seg 512x512)')):
+                                                'seg 512x512, UperNet 512x2048)')):
         for method, metric, label, color in series:
             pts = []
             for (m, arch), paper in PAPER.items():
@@ -430,13 +536,14 @@ def plot(rows: Sequence[Row], path: Path) -> None:
                 mine_any = True
                 ax.plot([p[0] for p in mine], [p[1] for p in mine], '*', color=color, ms=13,
                         label=f'{label} (yours)', mec='black')
+        mine_any |= _plot_upernet(ax, rows, xkey)
         ax.set_xlabel(xlabel)
         ax.set_ylabel('AP / mIoU (%)')
         ax.grid(alpha=0.3)
     axes[1].set_xscale('log')  # segmentation (512x512) and detection (1280x800) side by side
     axes[1].xaxis.set_major_formatter(ticker.ScalarFormatter())
     axes[1].xaxis.set_minor_formatter(ticker.NullFormatter())
-    axes[1].set_xticks([25, 50, 100, 200, 400])
+    axes[1].set_xticks([25, 50, 100, 200, 400, 1000])
     axes[0].set_title('accuracy vs params')
     axes[1].set_title('accuracy vs FLOPs')
     handles, labels = axes[0].get_legend_handles_labels()
@@ -444,7 +551,7 @@ def plot(rows: Sequence[Row], path: Path) -> None:
         labels = labels + ['your results: none yet (run tools/test.py)']
         handles = handles + [plt.Line2D([], [], linestyle='none')]
     fig.legend(handles, labels, loc='lower center', ncol=3, fontsize=8, frameon=False)
-    fig.suptitle('PoolFormer dense prediction: paper vs this toolkit')
+    fig.suptitle('MetaFormer dense prediction: published vs this toolkit')
     fig.tight_layout(rect=(0, 0.14, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
