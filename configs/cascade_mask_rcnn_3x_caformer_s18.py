@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(
         arch='caformer_s18',
         # drop path 0.4 (inherited): 26 M backbone, the ConvNeXt-T class (< 35 M)
-        init_cfg=dict(checkpoint='checkpoints/caformer_s18.pth')))
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/caformer/caformer_s18.pth')))

@@ -28,7 +28,7 @@ model = dict(
         # Backbones under 35 M parameters (PoolFormer S12-S36, ConvFormer/CAFormer-S18) take
         # 0.4, larger ones 0.6. Not tuned for MetaFormers.
         drop_path_rate=0.4,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convformer_s18.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth')),
     neck=dict(in_channels=backbone_out_channels))  # base: ConvNeXt-T's 96-192-384-768
 
 # fp32 by default (base: AmpOptimWrapper, CUDA-only; fp16 AMP has gone NaN with PoolFormer

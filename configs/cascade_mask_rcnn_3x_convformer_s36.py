@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(
         arch='convformer_s36',
         drop_path_rate=0.6,  # 40 M backbone: the ConvNeXt-S class (>= 35 M)
-        init_cfg=dict(checkpoint='checkpoints/convformer_s36.pth')))
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s36.pth')))

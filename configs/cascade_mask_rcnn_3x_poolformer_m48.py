@@ -9,5 +9,5 @@ model = dict(
     backbone=dict(
         arch='poolformer_m48',
         drop_path_rate=0.6,  # 73 M backbone: the ConvNeXt-S class (>= 35 M)
-        init_cfg=dict(checkpoint='checkpoints/poolformer_m48.pth.tar')),
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_m48.pth.tar')),
     neck=dict(in_channels=backbone_out_channels))

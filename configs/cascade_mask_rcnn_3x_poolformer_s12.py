@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(
         arch='poolformer_s12',
         # drop path 0.4 (inherited): 12 M backbone, the ConvNeXt-T class (< 35 M)
-        init_cfg=dict(checkpoint='checkpoints/poolformer_s12.pth.tar')))
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s12.pth.tar')))

@@ -9,5 +9,5 @@ model = dict(
     backbone=dict(
         arch='convformer_m36',
         drop_path_rate=0.6,  # 57 M backbone: the ConvNeXt-S class (>= 35 M)
-        init_cfg=dict(checkpoint='checkpoints/convformer_m36.pth')),
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_m36.pth')),
     neck=dict(in_channels=backbone_out_channels))

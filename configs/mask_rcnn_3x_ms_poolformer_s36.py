@@ -7,4 +7,4 @@ model = dict(
     backbone=dict(
         arch='poolformer_s36',
         # drop path 0.4 (inherited): 31 M backbone, the ConvNeXt-T class (< 35 M)
-        init_cfg=dict(checkpoint='checkpoints/poolformer_s36.pth.tar')))
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s36.pth.tar')))

@@ -3,7 +3,7 @@
 The recipe of ``upernet_convformer_s18.py`` (its docstring says where each setting comes from).
 
 Published result: ``benchmarks/published.py`` (MetaFormer Baselines, TPAMI 2024 / MambaOut Table 3).
-Set the ImageNet-1k checkpoint path below (official release or timm ``convformer_m36``).
+ImageNet-1k weights: the official release below (or a local file, or timm ``convformer_m36``).
 """
 _base_ = './upernet_convformer_s18.py'
 
@@ -15,6 +15,6 @@ model = dict(
         # ImageNet drop path 0.4 (sail-sg/metaformer scripts/convformer/train_convformer_m36.sh)
         # -> 0.4 by the rule in upernet_convformer_s18.py (about the ImageNet value, >= 0.3).
         drop_path_rate=0.4,
-        init_cfg=dict(checkpoint='checkpoints/convformer_m36.pth')),
+        init_cfg=dict(checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_m36.pth')),
     decode_head=dict(in_channels=backbone_out_channels),
     auxiliary_head=dict(in_channels=backbone_out_channels[2]))

@@ -16,9 +16,9 @@ the backbone swapped and lr 1e-4; everything not overridden below is that config
 * 8 GPUs x 2 images = batch 16; resize (2048, 512) with ratio 0.5-2.0, 512x512 crops, flip,
   photometric distortion; single-scale test at (2048, 512), whole image.
 
-Set ``model.backbone.init_cfg.checkpoint`` to the ImageNet-1k weights (official MetaFormer release
-or timm ``convformer_s18``). ``tools/test.py CONFIG CKPT --tta`` runs the multi-scale + flip
-test ("MS" in the paper).
+ImageNet-1k weights: the official MetaFormer release (``init_cfg.checkpoint``, fetched once and
+cached); a local file or a timm ``convformer_s18`` checkpoint works too. ``tools/test.py CONFIG
+CKPT --tta`` runs the multi-scale + flip test ("MS" in the paper).
 """
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
@@ -41,7 +41,7 @@ model = dict(
         # drop path is 0.2 (sail-sg/metaformer scripts/convformer/train_convformer_s18.sh) -> 0.3
         # (the Swin-T base also has 0.3).
         drop_path_rate=0.3,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/convformer_s18.pth')),
+        init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/sail/dl/resolve/main/convformer/convformer_s18.pth')),
     decode_head=dict(in_channels=backbone_out_channels),  # base: Swin-T's 96-192-384-768
     auxiliary_head=dict(in_channels=backbone_out_channels[2]))  # stage 3 (index 2), as the base
 

@@ -4,8 +4,8 @@ The ConvFormer / CAFormer recipe of ``upernet_convformer_s18.py`` (its docstring
 each setting comes from).
 
 No published UperNet result for PoolFormer v1 (its paper used Semantic FPN:
-``semantic_fpn_poolformer_s24.py``). Set the ImageNet-1k checkpoint path below (official
-``poolformer_s24.pth.tar``, timm or mmpretrain).
+``semantic_fpn_poolformer_s24.py``). ImageNet-1k weights: the official release below (or a
+local file, timm or mmpretrain).
 """
 _base_ = './upernet_convformer_s18.py'
 
@@ -15,4 +15,4 @@ model = dict(
         # ImageNet drop path 0.1 (PoolFormer paper) -> 0.3 by the rule in
         # upernet_convformer_s18.py (about the ImageNet value, at least 0.3).
         drop_path_rate=0.3,
-        init_cfg=dict(checkpoint='checkpoints/poolformer_s24.pth.tar')))
+        init_cfg=dict(checkpoint='https://github.com/sail-sg/poolformer/releases/download/v1.0/poolformer_s24.pth.tar')))
