@@ -13,7 +13,8 @@ setup(
     long_description=open('README.md', encoding='utf-8').read() if __import__('os').path.exists('README.md') else '',
     long_description_content_type='text/markdown',
     python_requires='>=3.10',
-    packages=find_packages(include=['metaformer_dense*', 'mmdet_plugin*', 'mmseg_plugin*']),
+    packages=find_packages(include=['metaformer_dense*', 'metaformer_runner*', 'mmdet_plugin*',
+                                    'mmseg_plugin*']),
     install_requires=[
         'torch>=2.6',
         'timm>=1.0.9',

@@ -66,7 +66,7 @@ def demo_error(*argv) -> str:
 
 def detector_state(**cfg_options) -> dict:
     """Freshly initialised weights of the tiny RetinaNet-S12 (with config overrides)."""
-    from metaformer_dense.runner_utils import load_config
+    from metaformer_runner import load_config
     cfg = load_config(str(DET_CFG), cfg_options or None)
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
     model = registry.MODELS.build(cfg.model)

@@ -40,7 +40,7 @@ convert_tool = load_tool('convert_checkpoint')
 
 def build_model(config: Path):
     """Build and initialise the model of a config, as the Runner would (no checkpoint)."""
-    from metaformer_dense.runner_utils import load_config
+    from metaformer_runner import load_config
     cfg = load_config(str(config))
     registry = importlib.import_module(f'{cfg.default_scope}.registry')
     model = registry.MODELS.build(cfg.model)

@@ -19,8 +19,8 @@ import torch
 from mmengine.config import Config
 
 from metaformer_dense import allow_runner_checkpoints
-from metaformer_dense.runner_utils import (DatasetNotFoundError, check_dataset_paths,
-                                           find_resumable_checkpoint)
+from metaformer_runner import (DatasetNotFoundError, check_dataset_paths,
+                               find_resumable_checkpoint)
 
 REPO = Path(__file__).resolve().parents[1]
 DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'

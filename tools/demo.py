@@ -213,7 +213,7 @@ def run(args: argparse.Namespace) -> List[str]:
     import mmcv
     import torch
 
-    from metaformer_dense.runner_utils import load_config
+    from metaformer_runner import load_config
 
     images = collect_images(args.inputs)
     for path in images:  # fail on a bad image before minutes go into building the model

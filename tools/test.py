@@ -84,8 +84,8 @@ def main() -> None:
     from metaformer_dense.checkpoint import (CheckpointError, check_float_weights,
                                              extract_state_dict, read_checkpoint)
     from metaformer_dense.download import resolve_checkpoint
-    from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
-                                               setup_distributed)
+    from metaformer_runner import (DumpSegResults, check_dataset_paths, load_config,
+                                   setup_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
