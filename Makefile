@@ -19,9 +19,9 @@ test: setup
 demo-seg: setup
 	$(PY) tools/train.py configs/demo/semantic_fpn_poolformer_s12_tiny.py
 
-## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> docs/benchmark_report.{md,png}
+## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> benchmarks/results/report.{md,png}
 report: setup
-	OMP_NUM_THREADS=2 $(PY) tools/analysis/benchmark_report.py
+	OMP_NUM_THREADS=2 $(PY) -m benchmarks.report
 
 ## lock: rewrite requirements/constraints.txt from what .venv holds now (after upgrading a package in it)
 lock:

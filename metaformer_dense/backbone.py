@@ -24,14 +24,26 @@ from . import fast_path
 from .checkpoint import (CheckpointError, backbone_state_dict, convert_state_dict,
                          extract_state_dict, read_checkpoint)
 
-__all__ = ['MetaFormerBackbone', 'ARCHS']
+__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch']
 
 #: Every MetaFormer variant timm ships: ``poolformer_{s12,...}``, ``poolformerv2_*``, ``convformer_*``,
 #: ``caformer_*``.
 ARCHS: Tuple[str, ...] = tuple(sorted(
     n for n in timm.list_models(module='metaformer')))
-# mmpretrain-style short names for the PoolFormer v1 sizes.
-_SHORT = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
+#: mmpretrain-style short names for the PoolFormer v1 sizes: ``'s12'`` -> ``'poolformer_s12'``.
+SHORT_NAMES: Dict[str, str] = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
+
+
+def resolve_arch(arch: str) -> str:
+    """The timm name of ``arch``: a name in :data:`ARCHS`, or a short name (``'s12'`` ... ``'m48'``).
+
+    Raises:
+        ValueError: Neither; the message lists the names that exist.
+    """
+    arch = SHORT_NAMES.get(arch, arch)
+    if arch not in ARCHS:
+        raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
+    return arch
 
 _NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -100,9 +112,7 @@ class MetaFormerBackbone(BaseModule):
                           FutureWarning, stacklevel=2)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        arch = _SHORT.get(arch, arch)
-        if arch not in ARCHS:
-            raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
+        arch = resolve_arch(arch)
         if isinstance(out_indices, int):
             out_indices = (out_indices,)
         out_indices = tuple(out_indices)

@@ -7,15 +7,15 @@ runner checkpoints, loads whole models strictly, and reads what runs leave in a 
 * :mod:`.config`: :func:`load_config` (imports the config's plugin), :func:`check_dataset_paths`;
 * :mod:`.distributed`: :func:`setup_distributed` (gloo on machines without CUDA);
 * :mod:`.checkpoints`: :class:`AtomicCheckpointHook`, :func:`find_resumable_checkpoint`;
-* :mod:`.results`: :class:`DumpSegResults`.
+* :mod:`.results`: :func:`read_metrics` from a work dir, :class:`DumpSegResults`.
 """
 from .checkpoints import AtomicCheckpointHook, find_resumable_checkpoint, use_atomic_checkpoints
 from .config import PLUGINS, DatasetNotFoundError, check_dataset_paths, load_config
 from .distributed import setup_distributed
-from .results import DumpSegResults
+from .results import DumpSegResults, load_records, newest_training_log, read_metrics
 
 __all__ = [
     'PLUGINS', 'DatasetNotFoundError', 'load_config', 'check_dataset_paths', 'setup_distributed',
     'AtomicCheckpointHook', 'use_atomic_checkpoints', 'find_resumable_checkpoint',
-    'DumpSegResults'
+    'DumpSegResults', 'load_records', 'newest_training_log', 'read_metrics'
 ]

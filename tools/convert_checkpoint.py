@@ -143,7 +143,7 @@ def convert(src: str, arch: Optional[str] = None) -> Tuple[dict, List[str]]:
     from metaformer_dense import backbone as backbone_module
     raw = read_checkpoint(src)
     backbone, others = split_model(extract_state_dict(raw))
-    arch = backbone_module._SHORT.get(arch, arch) if arch else find_arch(backbone)
+    arch = backbone_module.SHORT_NAMES.get(arch, arch) if arch else find_arch(backbone)
     if arch not in backbone_module.ARCHS:
         raise CheckpointError(f'unknown --arch {arch!r}; choose one of: '
                               f'{", ".join(backbone_module.ARCHS)}')
