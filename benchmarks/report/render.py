@@ -26,7 +26,7 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
            f'Generated {meta["date"]} by `{meta["command"]}` on {meta["machine"]} '
            f'(torch {meta["torch"]}, {meta["elapsed_s"]:.0f} s). `make report` regenerates this '
            'file and its plot for all configs.', '',
-           f'Paper numbers: {PAPER_SOURCE}. Differences in parentheses are ours minus the '
+           f'Paper numbers: {POOLFORMER_SOURCE}. Differences in parentheses are ours minus the '
            "paper's. Params are counted on the model each config builds; FLOPs are "
            'multiply-adds (MACs, what the paper calls FLOPs) of backbone + neck + heads at the '
            "paper's input size, counted by mmengine's FlopAnalyzer; AP / mIoU are read from the "
