@@ -32,7 +32,7 @@ Tensor = torch.Tensor
 __all__ = [
     'check_float_weights',
     'CheckpointError', 'ConversionResult', 'convert_state_dict', 'detect_format',
-    'read_checkpoint', 'extract_state_dict', 'backbone_state_dict',
+    'read_checkpoint', 'extract_state_dict', 'backbone_state_dict', 'strip_ddp_prefix',
 ]
 
 
@@ -195,7 +195,7 @@ def check_float_weights(model: 'torch.nn.Module', state_dict: Mapping[str, Any])
     own = model.state_dict()
     wrong = []
     for key, value in state_dict.items():
-        name = _strip_ddp_prefix(key)
+        name = strip_ddp_prefix(key)
         if name in own and own[name].dtype.is_floating_point \
                 and isinstance(value, torch.Tensor) and not value.dtype.is_floating_point:
             wrong.append(f'{key} ({str(value.dtype).replace("torch.", "")})')
@@ -295,14 +295,14 @@ def extract_state_dict(obj) -> Dict[str, Tensor]:
     return dict(obj)
 
 
-def _strip_ddp_prefix(key: str) -> str:
+def strip_ddp_prefix(key: str) -> str:
     """``module.x`` (a DDP-wrapped model's key) -> ``x``."""
     return key[len('module.'):] if key.startswith('module.') else key
 
 
 def backbone_state_dict(state_dict: Mapping[str, Tensor]) -> Dict[str, Tensor]:
     """Strip ``module.`` (DDP) and keep only ``backbone.`` keys when a whole model is given."""
-    sd = {_strip_ddp_prefix(k): v for k, v in state_dict.items()}
+    sd = {strip_ddp_prefix(k): v for k, v in state_dict.items()}
     if any(k.startswith('backbone.') for k in sd):
         sd = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     return sd

@@ -1,9 +1,14 @@
-"""Runner checkpoints that survive a crash, and finding the one to resume from.
+"""Runner checkpoints: written so that they survive a crash, found for resuming, and loaded
+strictly into a whole model.
 
 ``CheckpointHook`` writes straight to the final file name and deletes the oldest checkpoint
 before writing the next, so a crash mid-write can leave ``last_checkpoint`` pointing at a
 truncated or deleted file. :class:`AtomicCheckpointHook` writes to a temporary name, renames,
 then prunes; :func:`find_resumable_checkpoint` skips a stale pointer left by older runs.
+
+mmengine's own loaders (``Runner.load_checkpoint``, the inferencers) load with ``strict=False``:
+a checkpoint of another model only warns, and a test or demo then scores or draws random
+weights. :func:`load_model_strictly` is the one strict whole-model loader of the entry points.
 """
 from __future__ import annotations
 
@@ -11,15 +16,23 @@ import os
 import os.path as osp
 import re
 import zipfile
-from typing import Optional
+from collections.abc import Mapping
+from typing import Any, Optional, Union
 
 from mmengine.config import Config
 from mmengine.dist import is_main_process
 from mmengine.fileio import LocalBackend
 from mmengine.hooks import CheckpointHook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmengine.runner.checkpoint import load_state_dict
+from torch import nn
 
-__all__ = ['AtomicCheckpointHook', 'use_atomic_checkpoints', 'find_resumable_checkpoint']
+from metaformer_dense.checkpoint import (CheckpointError, check_float_weights,
+                                         extract_state_dict, read_checkpoint, strip_ddp_prefix)
+
+__all__ = ['AtomicCheckpointHook', 'use_atomic_checkpoints', 'find_resumable_checkpoint',
+           'load_model_strictly']
 
 _CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
 
@@ -115,3 +128,42 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     found = [osp.join(work_dir, n) for n in os.listdir(work_dir) if _CKPT_NAME.match(n)]
     found = [f for f in found if zipfile.is_zipfile(f)]
     return max(found, key=osp.getmtime) if found else None
+
+
+# ----------------------------------------------------------------------------- strict loading
+def load_model_strictly(model: nn.Module, checkpoint: Union[str, Mapping[str, Any]],
+                        source: Optional[str] = None, config: Optional[str] = None) -> dict:
+    """Load every weight of a whole detector or segmentor; anything that does not fit is an error.
+
+    The checkpoint's backbone keys may be in any layout the backbone converts (official,
+    mmpretrain, paper release, timm); a DDP ``module.`` prefix is dropped. float16 / bfloat16
+    weights are cast to the model's dtype; integers or bools where the model has floats, and any
+    missing, unexpected or mis-shaped weight, are refused.
+
+    Args:
+        model: The built model (a DDP or TTA wrapper is looked through, as mmengine does).
+        checkpoint: A checkpoint file, URL or ``hf-hub:`` name (read with
+            :func:`metaformer_dense.checkpoint.read_checkpoint`: no code runs), or a checkpoint or
+            state dict already read that way.
+        source: How to name the checkpoint in errors (default: the path).
+        config: The config the model was built from, named in errors.
+
+    Returns:
+        The checkpoint as read.
+
+    Raises:
+        CheckpointError: The file cannot be read, or does not fit the model; the message names
+            the keys and asks whether the config is the checkpoint's.
+    """
+    raw = read_checkpoint(checkpoint) if isinstance(checkpoint, str) else checkpoint
+    source = source or (checkpoint if isinstance(checkpoint, str) else 'checkpoint')
+    target = model.module if is_model_wrapper(model) else model
+    try:
+        state_dict = {strip_ddp_prefix(k): v for k, v in extract_state_dict(raw).items()}
+        check_float_weights(target, state_dict)  # no silent int -> float cast
+        load_state_dict(target, state_dict, strict=True)
+    except (RuntimeError, CheckpointError) as exc:
+        of = f'the config {config}' if config else 'the config'
+        raise CheckpointError(f'checkpoint {source!r} does not fit the model of {of} (wrong '
+                              f'config for this checkpoint?):\n{exc}') from exc
+    return raw

@@ -2,7 +2,7 @@
 degenerate annotations, and training killed mid-epoch.
 
 Every case asserts the specific error (or the specific behaviour) a user gets. Checkpoints go
-through the backbone's ``init_cfg=dict(type='Pretrained')``, tools/demo.py and tools/test.py;
+through the backbone's ``init_cfg=dict(type='Pretrained')``, demo/image_demo.py and tools/test.py;
 configs, annotations and the kill/resume run through tools/train.py in subprocesses. Models are
 the tiny test configs (96 px images, one or two images, a few iterations).
 
@@ -11,7 +11,7 @@ Decided behaviours (also in the tools' docs):
 * float16 / bfloat16 / float64 weights load, cast to the model's float32 (as torch's
   ``load_state_dict`` copies do); integer or bool tensors where weights are float are an error.
 * Unknown keys outside the backbone's built modules are reported and ignored by the backbone's
-  ``Pretrained`` init; whole-model loading in tools/test.py and tools/demo.py is strict.
+  ``Pretrained`` init; whole-model loading in tools/test.py and demo/image_demo.py is strict.
 """
 import importlib
 import json
@@ -30,7 +30,7 @@ import torch
 from safetensors.torch import save_file
 
 from metaformer_dense import CheckpointError, MetaFormerBackbone
-from tool_loader import load_tool
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
@@ -53,11 +53,11 @@ def save_safetensors(state: dict, path: Path) -> None:
     save_file({k: v.contiguous() for k, v in state.items()}, str(path))
 
 
-demo_tool = load_tool('demo')
+demo_tool = load_script('demo/image_demo')
 
 
 def demo_error(*argv) -> str:
-    """Run tools/demo.py in-process; return its error message (it must fail)."""
+    """Run demo/image_demo.py in-process; return its error message (it must fail)."""
     with pytest.raises(SystemExit) as exc:
         demo_tool.main([str(a) for a in argv])
     assert isinstance(exc.value.code, str), exc.value.code  # a message, not a bare exit code

@@ -1,4 +1,4 @@
-"""tools/demo.py and tools/convert_checkpoint.py, run for real on CPU.
+"""demo/image_demo.py and tools/convert_checkpoint.py, run for real on CPU.
 
 The demo draws predictions of a RetinaNet trained for two iterations by tools/train.py, of freshly
 initialised Semantic FPN and Mask R-CNN models, and of a Mask R-CNN saved in the PoolFormer
@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.checkpoint import read_checkpoint
-from tool_loader import load_tool
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 DET_TOOLS_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
@@ -34,8 +34,8 @@ X = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 KEEP_ALL = ['--score-thr', '0', '--cfg-options', 'model.test_cfg.score_thr=0.0']
 
 
-demo_tool = load_tool('demo')
-convert_tool = load_tool('convert_checkpoint')
+demo_tool = load_script('demo/image_demo')
+convert_tool = load_script('tools/convert_checkpoint')
 
 
 def build_model(config: Path):
@@ -131,7 +131,7 @@ def test_demo_cli_draws_detections_of_a_trained_checkpoint(trained_retinanet, tm
         (folder / name).write_bytes((COCO_VAL / name).read_bytes())
     out = tmp_path / 'vis'
     proc = subprocess.run(
-        [sys.executable, 'tools/demo.py', str(folder), str(COCO_VAL / '000003.jpg'),
+        [sys.executable, 'demo/image_demo.py', str(folder), str(COCO_VAL / '000003.jpg'),
          str(DET_TOOLS_CFG), str(trained_retinanet), '--out-dir', str(out), '--device', 'cpu',
          *KEEP_ALL], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,8 +162,8 @@ def test_demo_draws_segmentation(tmp_path):
 
 
 def test_help_of_both_tools():
-    for tool in ('demo', 'convert_checkpoint'):
-        proc = subprocess.run([sys.executable, f'tools/{tool}.py', '--help'], cwd=REPO, env=ENV,
+    for tool in ('demo/image_demo', 'tools/convert_checkpoint'):
+        proc = subprocess.run([sys.executable, f'{tool}.py', '--help'], cwd=REPO, env=ENV,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and '.safetensors' in proc.stdout
 
