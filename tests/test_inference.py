@@ -271,9 +271,9 @@ def test_convert_refuses_another_arch_and_keeps_existing_output(tmp_path):
     ref = randomised_mmpretrain_s12()
     src = tmp_path / 'official.pth.tar'
     _write_source('official', ref, src)
-    with pytest.raises(SystemExit, match=r"lacks 120 weights of poolformer_s24"):
+    with pytest.raises(SystemExit, match=r"lacks 120 backbone weights of poolformer_s24"):
         convert_tool.main([str(src), str(tmp_path / 'out.pth'), '--arch', 'poolformer_s24'])
-    with pytest.raises(SystemExit, match=r'does not fit poolformer_m36 \(\d+ shape mismatches'):
+    with pytest.raises(SystemExit, match=r'does not fit poolformer_m36: \d+ shape mismatches'):
         convert_tool.main([str(src), str(tmp_path / 'out.pth'), '--arch', 'm36'])
     assert not (tmp_path / 'out.pth').exists()
     (tmp_path / 'out.pth').write_bytes(b'keep me')
