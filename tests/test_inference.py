@@ -6,8 +6,6 @@ paper's release layout. The converter round-trips every checkpoint layout users 
 keys come from mmpretrain's PoolFormer and timm keys from timm's own ``checkpoint_filter_fn``, so
 the expected outputs never pass through this toolkit's conversion code.
 """
-import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,34 +16,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import CPU_ENV as ENV
+from conftest import REPO, build_model, load_script
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.checkpoint import read_checkpoint
-from conftest import load_script
 
-REPO = Path(__file__).resolve().parents[1]
 DET_TOOLS_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
 SEG_CFG = REPO / 'configs/demo/semantic_fpn_poolformer_s12_tiny.py'
 MASK_CFG = REPO / 'configs/demo/mask_rcnn_poolformer_s12_tiny.py'
 COCO_VAL = REPO / 'data/tiny_coco/val'
 ADE_VAL = REPO / 'data/tiny_ade20k/images/validation'
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='')
 X = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 # Untrained models score below the configs' own thresholds: keep every prediction.
 KEEP_ALL = ['--score-thr', '0', '--cfg-options', 'model.test_cfg.score_thr=0.0']
-
-
 demo_tool = load_script('demo/image_demo')
 convert_tool = load_script('tools/convert_checkpoint')
-
-
-def build_model(config: Path):
-    """Build and initialise the model of a config, as the Runner would (no checkpoint)."""
-    from metaformer_runner import load_config
-    cfg = load_config(str(config))
-    registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    model = registry.MODELS.build(cfg.model)
-    model.init_weights()
-    return cfg, model.eval()
 
 
 def save_fresh_model(config: Path, path: Path) -> dict:
