@@ -42,6 +42,7 @@ class Row:
 
     @property
     def paper(self) -> Optional[Dict[str, float]]:
+        """The published numbers for this config's method and arch, if any."""
         return PAPER.get((self.method, self.arch))
 
 
