@@ -31,10 +31,11 @@ import image_demo  # demo/image_demo.py, next to this file
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / 'configs' / 'demo' / 'retinanet_poolformer_s12_tiny.py'
-#: default_scope -> the validation metrics printed, as mmengine logs them.
+#: default_scope -> the validation metrics printed, as mmengine logs them (mmdet's COCO metrics
+#: as fractions, mmseg's in percent), and their digits.
 SHOWN_METRICS = {
-    'mmdet': ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'),
-    'mmseg': ('mIoU', 'mAcc', 'aAcc'),
+    'mmdet': (('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'), 3),
+    'mmseg': (('mIoU', 'mAcc', 'aAcc'), 2),
 }
 
 
@@ -93,7 +94,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     # (--cfg-options included) into the work dir and recorded its last checkpoint.
     ran_config = work_dir / config.name
     cfg = load_config(str(ran_config))
-    shown = SHOWN_METRICS[cfg.default_scope]
+    shown, digits = SHOWN_METRICS[cfg.default_scope]
     metrics, _ = read_metrics(work_dir, shown)
     checkpoint = Path((work_dir / 'last_checkpoint').read_text().strip())
     images = validation_images(cfg, args.num_vis)
@@ -112,7 +113,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     print(f'Validation metrics on the tiny validation split ({osp.normpath(data_root)}):')
     for key in shown:
         if key in metrics:
-            print(f'  {key:<18} {metrics[key]:.3f}')
+            print(f'  {key:<18} {metrics[key]:.{digits}f}')
     if not metrics:
         print('  (no validation metrics were logged; see the training log above)')
     print(f'Checkpoint: {checkpoint}')
