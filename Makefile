@@ -9,19 +9,19 @@ setup:
 
 ## demo: train RetinaNet-PoolFormer-S12 on the carried tiny COCO set (CPU ok), evaluate, draw detections
 demo: setup
-	$(PY) tools/run_demo.py
+	$(PY) demo/quickstart.py
 
 ## test: the test suite (what CI runs)
 test: setup
 	$(PY) -m pytest tests -q -ra
 
-## demo-seg: train Semantic FPN PoolFormer-S12 on the carried tiny ADE20K set (CPU, minutes), report mIoU
+## demo-seg: the same for Semantic FPN-PoolFormer-S12 on the carried tiny ADE20K set: train, report mIoU, draw label maps
 demo-seg: setup
-	$(PY) tools/train.py configs/demo/semantic_fpn_poolformer_s12_tiny.py
+	$(PY) demo/quickstart.py --config configs/demo/semantic_fpn_poolformer_s12_tiny.py
 
-## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> docs/benchmark_report.{md,png}
+## report: params, FLOPs, GPU speed/memory and your work_dirs AP/mIoU vs the paper -> benchmarks/results/report.{md,png}
 report: setup
-	OMP_NUM_THREADS=2 $(PY) tools/analysis/benchmark_report.py
+	OMP_NUM_THREADS=2 $(PY) -m benchmarks.report
 
 ## lock: rewrite requirements/constraints.txt from what .venv holds now (after upgrading a package in it)
 lock:

@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
+from metaformer_runner import load_records, newest_training_log
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {
     'retinanet': ROOT / 'configs' / 'demo' / 'retinanet_poolformer_s12_tiny.py',
@@ -49,12 +51,8 @@ def schedule_options(epochs: int, val_interval: int) -> List[str]:
 def read_log(work_dir: Path) -> Tuple[List[Dict[str, float]], int]:
     """Every validation record (``coco/...`` metrics and the epoch) of the newest run, and the
     number of training iterations it logged."""
-    runs = sorted(work_dir.glob('*/vis_data/scalars.json'), key=lambda p: p.stat().st_mtime)
-    if not runs:
-        raise FileNotFoundError(f'no training log under {work_dir}')
     curve, iterations = [], 0
-    for line in runs[-1].read_text().splitlines():
-        rec = json.loads(line)
+    for rec in load_records(newest_training_log(work_dir)):
         if any(k.startswith('coco/') for k in rec):
             point = {k: round(float(v), 4) for k, v in rec.items() if k.startswith('coco/')}
             point['epoch'] = int(rec['step'])
@@ -133,8 +131,9 @@ def write_results(records: Dict[str, Dict]) -> None:
                   'scratch its blocks add little at first, but that is not what holds it back: a '
                   '30x lr on them (12 epochs) and `model.backbone.layer_scale_init_value=1.0` '
                   '(20 epochs: box mAP 0.025) both did worse than the default. For RetinaNet, '
-                  'GroupNorm in the head and batch 2 were what helped (single 20-epoch runs '
-                  'listed in the message of commit e0fe785; now the demo config\'s). A longer '
+                  'GroupNorm in the head and batch 2 were what helped (single 20-epoch runs: box '
+                  'mAP 0.056 without either, 0.170 with batch 2, 0.314 with the GroupNorm head, '
+                  '0.418 with both, now the demo config\'s). A longer '
                   'schedule (more `--epochs-*`) or an '
                   'ImageNet-initialised backbone (`model.backbone.init_cfg`) is needed for a '
                   'clearly learned result.']

@@ -8,7 +8,7 @@ real mmengine Runner, evaluates on the 8 validation images, and writes
 constant-prediction baseline (every pixel = the most frequent class) for scale.
 
 This is a check that data, model, loss, optimiser and evaluation fit together, not an ADE20K
-number: see shared/REFERENCE.md for the paper's results.
+number: ``benchmarks/published.py`` holds the paper's results.
 
 Example::
 
@@ -21,7 +21,6 @@ import json
 import os
 import platform
 import subprocess
-import sys
 import time
 from typing import Dict
 
@@ -76,7 +75,6 @@ def main() -> None:
     if args.iters < 1:
         parser.error('--iters must be at least 1')
     os.chdir(ROOT)  # the config's data root is relative to the repository
-    sys.path.insert(0, ROOT)
 
     from mmengine.config import Config
     from mmengine.runner import Runner

@@ -1,5 +1,5 @@
 # RetinaNet with a PoolFormer-S12 backbone on COCO, 1x schedule: the PoolFormer paper's recipe.
-# Paper: 21.7 M params, 36.2 box AP on COCO val2017.
+# Its published params and box AP (COCO val2017): benchmarks/published.py, POOLFORMER_COCO.
 #
 # Unchanged from the mmdet base (and equal to the paper's recipe): 12 epochs with LR steps after
 # epochs 8 and 11, linear warm-up over 500 iterations from 0.001 x lr, 2 images per GPU on 8 GPUs

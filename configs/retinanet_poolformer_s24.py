@@ -1,4 +1,4 @@
-# RetinaNet, PoolFormer-S24 backbone, COCO 1x. Paper: 31.1 M params, 38.9 box AP.
+# RetinaNet, PoolFormer-S24 backbone, COCO 1x. Published results: benchmarks/published.py.
 # Same recipe and widths as S12 (depths 4-4-12-4 instead of 2-2-6-2).
 _base_ = './retinanet_poolformer_s12.py'
 

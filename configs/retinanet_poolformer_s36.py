@@ -1,4 +1,4 @@
-# RetinaNet, PoolFormer-S36 backbone, COCO 1x. Paper: 40.6 M params, 39.5 box AP.
+# RetinaNet, PoolFormer-S36 backbone, COCO 1x. Published results: benchmarks/published.py.
 # Same recipe and widths as S12 (depths 6-6-18-6).
 _base_ = './retinanet_poolformer_s12.py'
 

@@ -1,6 +1,6 @@
 """Semantic FPN with a PoolFormer-M36 backbone on ADE20K; the S12 recipe with a wider, deeper backbone.
 
-Paper: 59.8 M params, 42.4 mIoU. Set the ImageNet checkpoint path below.
+Published params and mIoU: ``benchmarks/published.py``. Set the ImageNet checkpoint path below.
 """
 _base_ = ['./semantic_fpn_poolformer_s12.py']
 

@@ -1,6 +1,6 @@
 """Semantic FPN with a PoolFormer-M48 backbone on ADE20K; the S12 recipe with a wider, deeper backbone.
 
-Paper: 77.1 M params, 42.7 mIoU. Set the ImageNet checkpoint path below.
+Published params and mIoU: ``benchmarks/published.py``. Set the ImageNet checkpoint path below.
 """
 _base_ = ['./semantic_fpn_poolformer_s12.py']
 

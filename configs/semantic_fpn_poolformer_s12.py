@@ -1,7 +1,8 @@
 """Semantic FPN with a PoolFormer-S12 backbone on ADE20K: the PoolFormer paper's segmentation recipe.
 
 40k iterations at batch 32 (8 GPUs x 4 images), AdamW lr 2e-4 / weight decay 1e-4, poly decay
-(power 0.9) to 0, 512x512 crops. Paper: 15.7 M params, 37.2 mIoU (ADE20K val, single scale).
+(power 0.9) to 0, 512x512 crops. Published params and mIoU (ADE20K val, single scale):
+``benchmarks/published.py`` (POOLFORMER_ADE20K).
 
 Set ``model.backbone.init_cfg.checkpoint`` to the ImageNet-1k PoolFormer-S12 weights (the official
 ``poolformer_s12.pth.tar``, a timm or an mmpretrain checkpoint); the file is read when training

@@ -1,6 +1,6 @@
 """Semantic FPN with a PoolFormer-S24 backbone on ADE20K; the S12 recipe with a deeper backbone.
 
-Paper: 25.1 M params, 40.3 mIoU. Set the ImageNet checkpoint path below.
+Published params and mIoU: ``benchmarks/published.py``. Set the ImageNet checkpoint path below.
 """
 _base_ = ['./semantic_fpn_poolformer_s12.py']
 

@@ -1,6 +1,6 @@
 """Semantic FPN with a PoolFormer-S36 backbone on ADE20K; the S12 recipe with a deeper backbone.
 
-Paper: 34.6 M params, 42.0 mIoU. Set the ImageNet checkpoint path below.
+Published params and mIoU: ``benchmarks/published.py``. Set the ImageNet checkpoint path below.
 """
 _base_ = ['./semantic_fpn_poolformer_s12.py']
 

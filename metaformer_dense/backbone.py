@@ -12,7 +12,7 @@ It depends on torch, timm and mmengine only; the mmdet / mmseg plugins register 
 from __future__ import annotations
 
 import warnings
-from typing import Dict, Optional, Sequence, Tuple, Union
+from typing import Dict, Mapping, Optional, Sequence, Tuple, Union
 
 import timm
 import torch
@@ -21,17 +21,30 @@ from mmengine.model import BaseModule
 from torch import nn
 
 from . import fast_path
-from .checkpoint import (CheckpointError, backbone_state_dict, convert_state_dict,
-                         extract_state_dict, read_checkpoint)
+from .checkpoint import (CheckpointError, WeightsFit, convert_state_dict, extract_state_dict,
+                         read_checkpoint, split_backbone)
 
-__all__ = ['MetaFormerBackbone', 'ARCHS']
+__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch', 'find_arch']
 
 #: Every MetaFormer variant timm ships: ``poolformer_{s12,...}``, ``poolformerv2_*``, ``convformer_*``,
 #: ``caformer_*``.
 ARCHS: Tuple[str, ...] = tuple(sorted(
     n for n in timm.list_models(module='metaformer')))
-# mmpretrain-style short names for the PoolFormer v1 sizes.
-_SHORT = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
+#: mmpretrain-style short names for the PoolFormer v1 sizes: ``'s12'`` -> ``'poolformer_s12'``.
+SHORT_NAMES: Dict[str, str] = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
+
+
+def resolve_arch(arch: str) -> str:
+    """The timm name of ``arch``: a name in :data:`ARCHS`, or a short name (``'s12'`` ... ``'m48'``).
+
+    Raises:
+        ValueError: Neither; the message lists the names that exist.
+    """
+    arch = SHORT_NAMES.get(arch, arch)
+    if arch not in ARCHS:
+        raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
+    return arch
+
 
 _NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
 
@@ -100,9 +113,7 @@ class MetaFormerBackbone(BaseModule):
                           FutureWarning, stacklevel=2)
             init_cfg = dict(type='Pretrained', checkpoint=pretrained)
         super().__init__(init_cfg=init_cfg)
-        arch = _SHORT.get(arch, arch)
-        if arch not in ARCHS:
-            raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
+        arch = resolve_arch(arch)
         if isinstance(out_indices, int):
             out_indices = (out_indices,)
         out_indices = tuple(out_indices)
@@ -251,18 +262,65 @@ class MetaFormerBackbone(BaseModule):
         Raises:
             CheckpointError: unreadable file, or weights for another architecture.
         """
-        state = backbone_state_dict(extract_state_dict(read_checkpoint(path)))
+        state, _ = split_backbone(extract_state_dict(read_checkpoint(path)))
+        fit = self.fit_weights(state)
+        fit.check(f'checkpoint {path!r}')
+        conv = fit.conversion
         own = self.state_dict()
-        conv = convert_state_dict(state, reference=own)
-        sd = conv.state_dict
-        missing, unexpected = self.check_fit(sd, repr(path))
-        self.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
-        report = dict(missing=missing, unexpected=unexpected, dropped=conv.dropped)
+        weights = {k: v for k, v in conv.state_dict.items() if k in own}
+        # Converted and checked already: load into the children directly, past this module's
+        # _load_from_state_dict, which would convert the weights a second time.
+        for name, child in self.named_children():
+            child.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items()
+                                   if k.startswith(name + '.')}, strict=False)
         print_log(f'Loaded {conv.source_format} checkpoint {path} into {self.arch}: '
-                  f'{len(sd) - len(unexpected)} tensors; missing (freshly initialised) '
-                  f'{missing or "none"}; unexpected (unused) {unexpected or "none"}; '
+                  f'{len(weights)} tensors; missing (freshly initialised) '
+                  f'{fit.missing or "none"}; unexpected (unused) {fit.unexpected or "none"}; '
                   f'dropped classifier keys {conv.dropped or "none"}', logger='current')
-        return report
+        return dict(missing=fit.missing, unexpected=fit.unexpected, dropped=conv.dropped)
+
+    def fit_weights(self, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
+        """Do these backbone weights (any supported layout) fit this backbone's architecture?
+
+        The one answer to that question: loading pretrained weights, :func:`find_arch` and
+        ``tools/convert_checkpoint.py`` all ask it here. The weights fit when every shape
+        matches, every weight of the stem and built stages is there (the output norms may be
+        missing: ImageNet checkpoints have none), and the stem and built stages have no extra
+        weights (those mean a deeper arch, e.g. S24 weights for S12). Weights of stages that
+        ``out_indices`` leave unbuilt, and keys outside the backbone's modules, are unexpected
+        but fit.
+
+        Args:
+            state_dict: Backbone weights without a ``backbone.`` or ``module.`` prefix.
+
+        Returns:
+            The converted weights, the missing and unexpected keys, and the problem if any.
+
+        Raises:
+            CheckpointError: Not a MetaFormer layout, or integer weights where floats belong.
+        """
+        own = self.state_dict()
+        conv = convert_state_dict(state_dict, reference=own)
+        sd = conv.state_dict
+        missing = [k for k in own if k not in sd]
+        unexpected = [k for k in sd if k not in own]
+        fit = WeightsFit(conv, missing, unexpected)
+        shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+        body_missing = [k for k in missing if not k.startswith('out_norms.')]
+        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
+        extra = [k for k in unexpected if k.startswith(built)]
+        if shapes:
+            lines = '; '.join(f'{k}: checkpoint {s} vs model {m}' for k, s, m in shapes[:3])
+            fit.problem = (f'does not fit {self.arch}: {len(shapes)} shape mismatches ({lines}); '
+                           f'{self._describe(sd)}')
+        elif body_missing:
+            fit.problem = (f'lacks {len(body_missing)} backbone weights of {self.arch} '
+                           f'(first: {body_missing[:3]}); {self._describe(sd)}')
+        elif extra:
+            fit.problem = (f'has {len(extra)} weights {self.arch} does not have '
+                           f'(first: {extra[:3]}); {self._describe(sd)}')
+        return fit
 
     def _describe(self, sd: Dict[str, torch.Tensor]) -> str:
         depths = []
@@ -273,38 +331,6 @@ class MetaFormerBackbone(BaseModule):
         return (f'the checkpoint has stage depths {tuple(depths)} and stem width {dims}; '
                 f'{self.arch} has depths {self.depths} and widths {self.dims}: '
                 'is it a checkpoint for another arch?')
-
-    def check_fit(self, sd: Dict[str, torch.Tensor], source: str) -> Tuple[list, list]:
-        """Check that converted backbone weights fit this arch; return (missing, unexpected).
-
-        Missing output norms are allowed (ImageNet checkpoints have none), and so are weights of
-        stages this backbone does not build (``out_indices`` stop early).
-
-        Raises:
-            CheckpointError: a shape differs, a body weight is missing, or the stem or a built
-                stage has weights this arch lacks (a deeper arch's checkpoint, e.g. s24 into s12).
-        """
-        own = self.state_dict()
-        bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
-               if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        if bad:
-            lines = '; '.join(f'{k}: checkpoint {s} vs model {m}' for k, s, m in bad[:3])
-            raise CheckpointError(f'checkpoint {source} does not fit {self.arch}: {len(bad)} shape '
-                                  f'mismatches ({lines}); {self._describe(sd)}')
-        missing = [k for k in own if k not in sd]
-        body_missing = [k for k in missing if not k.startswith('out_norms.')]
-        if body_missing:
-            raise CheckpointError(
-                f'checkpoint {source} lacks {len(body_missing)} backbone weights of {self.arch} '
-                f'(first: {body_missing[:3]}); {self._describe(sd)}')
-        unexpected = [k for k in sd if k not in own]
-        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
-        extra = [k for k in unexpected if k.startswith(built)]
-        if extra:
-            raise CheckpointError(
-                f'checkpoint {source} has {len(extra)} weights {self.arch} does not have '
-                f'(first: {extra[:3]}); {self._describe(sd)}')
-        return missing, unexpected
 
     # ------------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -319,8 +345,9 @@ class MetaFormerBackbone(BaseModule):
             # Weights that do not fit this arch are an error even for non-strict loaders
             # (mmdet's init_detector, mmseg's init_model and the inferencers load with
             # strict=False, which would only warn and leave a half-loaded backbone).
-            conv = convert_state_dict(local, reference=self.state_dict())
-            self.check_fit(conv.state_dict, f'weights under {prefix!r}')
+            fit = self.fit_weights(local)
+            fit.check(f'checkpoint weights under {prefix!r}')
+            conv = fit.conversion
             if conv.source_format != 'toolkit':
                 for k in mine:
                     del state_dict[k]
@@ -330,3 +357,32 @@ class MetaFormerBackbone(BaseModule):
                     state_dict[prefix + k] = local[k]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
+
+
+# ----------------------------------------------------------------------------------------------
+def find_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name the timm MetaFormer architecture whose weights ``state_dict`` holds exactly.
+
+    Args:
+        state_dict: Backbone weights in any supported layout, without a ``backbone.`` prefix.
+
+    Raises:
+        CheckpointError: No architecture fits exactly (or the weights are not a MetaFormer's).
+    """
+    plain = convert_state_dict(state_dict).state_dict
+    if any('.token_mixer.qkv.' in k for k in plain):
+        family = 'caformer_'
+    elif any('.token_mixer.pwconv1.' in k for k in plain):
+        family = 'convformer_'
+    else:
+        fc1 = plain.get('stages.0.blocks.0.mlp.fc1.weight')
+        family = 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
+    for arch in (a for a in ARCHS if a.startswith(family)):
+        with torch.device('meta'):  # shapes and dtypes only, no memory
+            candidate = MetaFormerBackbone(arch)
+        fit = candidate.fit_weights(state_dict)
+        if fit.fits and not fit.unexpected:
+            return arch
+    raise CheckpointError(
+        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
+        'keys or shapes differ')

@@ -1,12 +1,15 @@
-"""tools/analysis/benchmark_report.py: the cells a user reads, filled from real models and files."""
+"""benchmarks/report: the cells a user reads, filled from real models and files."""
 import json
 from pathlib import Path
 
 import pytest
-from tool_loader import load_tool
+
+from benchmarks import report
+from benchmarks.report import measure
+from benchmarks.published import POOLFORMER_ADE20K
+from metaformer_runner import read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-report = load_tool('analysis/benchmark_report')
 
 SEG_S12 = str(ROOT / 'configs' / 'semantic_fpn_poolformer_s12.py')
 RETINA_S12 = str(ROOT / 'configs' / 'retinanet_poolformer_s12.py')
@@ -23,8 +26,8 @@ def test_params_and_flops_of_s12_semantic_fpn(tmp_path):
     row = report.analyse(SEG_S12, tmp_path, flops=True, device='cpu')
     assert (row.task, row.method, row.arch) == ('segmentation', 'Semantic FPN', 'poolformer_s12')
     # The paper's 15.7 M: a config more than 0.05 M away is not the paper's model.
-    assert row.params_m == pytest.approx(report.PAPER[('Semantic FPN', 'poolformer_s12')]['params'],
-                                         abs=0.05)
+    paper = POOLFORMER_ADE20K[('Semantic FPN', 'poolformer_s12')]
+    assert row.params_m == pytest.approx(paper['params'], abs=0.05)
     assert row.cells['params'] == f'{row.params_m:.2f}'
     assert row.cells['flops'] == f'{row.flops_g:.1f}'
     # The backbone alone is PoolFormer-S12's 1.82 GMACs at 224x224 scaled to 512x512 (9.5 G);
@@ -59,7 +62,7 @@ def test_miou_from_validation_log_when_no_test_run(tmp_path):
     (vis / 'scalars.json').write_text(
         json.dumps({'aAcc': 70.0, 'mIoU': 30.5, 'mAcc': 40.0, 'step': 100}) + '\n'
         + json.dumps({'aAcc': 75.0, 'mIoU': 36.9, 'mAcc': 45.0, 'step': 200}) + '\n')
-    found, source = report.find_results(tmp_path / 'semantic_fpn_poolformer_s12', ['mIoU'])
+    found, source = read_metrics(tmp_path / 'semantic_fpn_poolformer_s12', ['mIoU'])
     assert found == {'mIoU': 36.9}  # mmseg writes percent already; the last record wins
     assert 'scalars.json' in source
 
@@ -76,7 +79,7 @@ def test_unfillable_cells_say_why(tmp_path):
     assert ours.cells['flops'] == 'not measured (--no-flops)'
     assert ours.cells['bbox_mAP'].startswith(report.NO_RESULTS)
     assert 'retinanet_poolformer_s12' in ours.cells['bbox_mAP']  # names where it looked
-    assert caformer.paper is None and report._paper_cell(caformer, 'bbox_mAP') == 'not in the paper'
+    assert caformer.paper is None and report.paper_cell(caformer, 'bbox_mAP') == 'not in the paper'
     assert bad.cells['params'].startswith('config failed to load')
     md = report.to_markdown(rows, dict(date='d', command='c', machine='m', torch='t',
                                        device='cpu', elapsed_s=1.0))
@@ -100,5 +103,5 @@ def test_attention_multiply_adds_are_counted():
     plain = FlopAnalyzer(Attention(), (q, k, v)).unsupported_ops_warnings(False)
     assert plain.total() == 0  # why the handle exists
     counted = FlopAnalyzer(Attention(), (q, k, v)).set_op_handle(
-        'aten::scaled_dot_product_attention', report._sdpa_macs)
+        'aten::scaled_dot_product_attention', measure._sdpa_macs)
     assert counted.total() == 2 * 4 * 10 * 6 * (8 + 5)

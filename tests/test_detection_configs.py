@@ -20,27 +20,18 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 from PIL import Image
 
+from benchmarks.published import POOLFORMER_COCO
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / 'configs'
 TINY = ROOT / 'data' / 'tiny_coco'
 
 # (config stem, paper params in M); None: no published count, build + shape checks only.
-DETECTORS = [
-    ('retinanet_poolformer_s12', 21.7),
-    ('retinanet_poolformer_s24', 31.1),
-    ('retinanet_poolformer_s36', 40.6),
-    ('retinanet_poolformer_m36', None),
-    ('retinanet_poolformer_m48', None),
-    ('retinanet_convformer_s18', None),
-    ('retinanet_caformer_s18', None),
-    ('mask_rcnn_poolformer_s12', 31.6),
-    ('mask_rcnn_poolformer_s24', 41.0),
-    ('mask_rcnn_poolformer_s36', 50.5),
-    ('mask_rcnn_poolformer_m36', None),
-    ('mask_rcnn_poolformer_m48', None),
-    ('mask_rcnn_convformer_s18', None),
-    ('mask_rcnn_caformer_s18', None),
-]
+METHODS = {'retinanet': 'RetinaNet', 'mask_rcnn': 'Mask R-CNN'}
+ARCHS = ('poolformer_s12', 'poolformer_s24', 'poolformer_s36', 'poolformer_m36',
+         'poolformer_m48', 'convformer_s18', 'caformer_s18')
+DETECTORS = [(f'{stem}_{arch}', POOLFORMER_COCO.get((method, arch), {}).get('params'))
+             for stem, method in METHODS.items() for arch in ARCHS]
 DEMOS = ['retinanet_poolformer_s12_tiny', 'mask_rcnn_poolformer_s12_tiny']
 
 

@@ -14,7 +14,7 @@ import torch
 
 from backbone_helpers import randomized
 from metaformer_dense import fast_path
-from tool_loader import load_tool
+from conftest import load_script
 
 TRACED, OTHER = (64, 96), (96, 128)  # (H, W): the size a graph is made at, and another
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -130,7 +130,7 @@ def test_compiled_and_symbolically_traced_graphs_run_the_modules(spy):
 # ---------------------------------------------------------------------------------------------
 # Whole models in mmdet's / mmseg's tensor mode, through tools/export_onnx.py
 # ---------------------------------------------------------------------------------------------
-export_tool = load_tool('export_onnx')
+export_tool = load_script('tools/export_onnx')
 DEMO = Path(__file__).resolve().parents[1] / 'configs' / 'demo'
 
 

@@ -1,4 +1,4 @@
-"""tools/demo.py and tools/convert_checkpoint.py, run for real on CPU.
+"""demo/image_demo.py and tools/convert_checkpoint.py, run for real on CPU.
 
 The demo draws predictions of a RetinaNet trained for two iterations by tools/train.py, of freshly
 initialised Semantic FPN and Mask R-CNN models, and of a Mask R-CNN saved in the PoolFormer
@@ -6,8 +6,6 @@ paper's release layout. The converter round-trips every checkpoint layout users 
 keys come from mmpretrain's PoolFormer and timm keys from timm's own ``checkpoint_filter_fn``, so
 the expected outputs never pass through this toolkit's conversion code.
 """
-import importlib
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -18,34 +16,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from conftest import CPU_ENV as ENV
+from conftest import REPO, build_model, load_script
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.checkpoint import read_checkpoint
-from tool_loader import load_tool
 
-REPO = Path(__file__).resolve().parents[1]
 DET_TOOLS_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
 SEG_CFG = REPO / 'configs/demo/semantic_fpn_poolformer_s12_tiny.py'
 MASK_CFG = REPO / 'configs/demo/mask_rcnn_poolformer_s12_tiny.py'
 COCO_VAL = REPO / 'data/tiny_coco/val'
 ADE_VAL = REPO / 'data/tiny_ade20k/images/validation'
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='')
 X = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(1))
 # Untrained models score below the configs' own thresholds: keep every prediction.
 KEEP_ALL = ['--score-thr', '0', '--cfg-options', 'model.test_cfg.score_thr=0.0']
-
-
-demo_tool = load_tool('demo')
-convert_tool = load_tool('convert_checkpoint')
-
-
-def build_model(config: Path):
-    """Build and initialise the model of a config, as the Runner would (no checkpoint)."""
-    from metaformer_dense.runner_utils import load_config
-    cfg = load_config(str(config))
-    registry = importlib.import_module(f'{cfg.default_scope}.registry')
-    model = registry.MODELS.build(cfg.model)
-    model.init_weights()
-    return cfg, model.eval()
+demo_tool = load_script('demo/image_demo')
+convert_tool = load_script('tools/convert_checkpoint')
 
 
 def save_fresh_model(config: Path, path: Path) -> dict:
@@ -131,7 +116,7 @@ def test_demo_cli_draws_detections_of_a_trained_checkpoint(trained_retinanet, tm
         (folder / name).write_bytes((COCO_VAL / name).read_bytes())
     out = tmp_path / 'vis'
     proc = subprocess.run(
-        [sys.executable, 'tools/demo.py', str(folder), str(COCO_VAL / '000003.jpg'),
+        [sys.executable, 'demo/image_demo.py', str(folder), str(COCO_VAL / '000003.jpg'),
          str(DET_TOOLS_CFG), str(trained_retinanet), '--out-dir', str(out), '--device', 'cpu',
          *KEEP_ALL], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -162,8 +147,8 @@ def test_demo_draws_segmentation(tmp_path):
 
 
 def test_help_of_both_tools():
-    for tool in ('demo', 'convert_checkpoint'):
-        proc = subprocess.run([sys.executable, f'tools/{tool}.py', '--help'], cwd=REPO, env=ENV,
+    for tool in ('demo/image_demo', 'tools/convert_checkpoint'):
+        proc = subprocess.run([sys.executable, f'{tool}.py', '--help'], cwd=REPO, env=ENV,
                               capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and '.safetensors' in proc.stdout
 
@@ -271,9 +256,9 @@ def test_convert_refuses_another_arch_and_keeps_existing_output(tmp_path):
     ref = randomised_mmpretrain_s12()
     src = tmp_path / 'official.pth.tar'
     _write_source('official', ref, src)
-    with pytest.raises(SystemExit, match=r"lacks 120 weights of poolformer_s24"):
+    with pytest.raises(SystemExit, match=r"lacks 120 backbone weights of poolformer_s24"):
         convert_tool.main([str(src), str(tmp_path / 'out.pth'), '--arch', 'poolformer_s24'])
-    with pytest.raises(SystemExit, match=r'does not fit poolformer_m36 \(\d+ shape mismatches'):
+    with pytest.raises(SystemExit, match=r'does not fit poolformer_m36: \d+ shape mismatches'):
         convert_tool.main([str(src), str(tmp_path / 'out.pth'), '--arch', 'm36'])
     assert not (tmp_path / 'out.pth').exists()
     (tmp_path / 'out.pth').write_bytes(b'keep me')

@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.published import POOLFORMER_ADE20K
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(glob.glob(os.path.join(ROOT, 'configs', 'semantic_fpn_*.py')))
 DEMO = os.path.join(ROOT, 'configs', 'demo', 'semantic_fpn_poolformer_s12_tiny.py')
 TINY = os.path.join(ROOT, 'data', 'tiny_ade20k')
 # Whole-segmentor parameters (M) published with the PoolFormer paper's ADE20K results.
-PAPER_PARAMS = {'poolformer_s12': 15.7, 'poolformer_s24': 25.1, 'poolformer_s36': 34.6,
-                'poolformer_m36': 59.8, 'poolformer_m48': 77.1}
+PAPER_PARAMS = {arch: v['params'] for (method, arch), v in POOLFORMER_ADE20K.items()
+                if method == 'Semantic FPN'}
 PROBE = 64  # side of the input each built model segments
 
 # Builds every config in a fresh interpreter in which mmdet and mmpretrain cannot be imported,

@@ -18,27 +18,14 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from conftest import CPU_ENV as ENV
+from conftest import DET_CFG, REPO
+from conftest import run_script as run
 from metaformer_dense import allow_runner_checkpoints
-from metaformer_dense.runner_utils import (DatasetNotFoundError, check_dataset_paths,
-                                           find_resumable_checkpoint)
+from metaformer_runner import (DatasetNotFoundError, check_dataset_paths,
+                               find_resumable_checkpoint)
 
-REPO = Path(__file__).resolve().parents[1]
-DET_CFG = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
 SEG_CFG = REPO / 'tests/configs/semantic_fpn_poolformer_s12_tools.py'
-# CPU runs everywhere (gloo for the multi-process ones), also on a machine that has a GPU.
-ENV = dict(os.environ, OMP_NUM_THREADS='1', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='')
-
-
-def run(*args, cwd=REPO, env=None, ok=True) -> subprocess.CompletedProcess:
-    """Run a tool; with ``ok`` fail the test with its output unless it exits 0."""
-    cmd = list(map(str, args))
-    if cmd[0].endswith('.py'):
-        cmd.insert(0, sys.executable)
-    proc = subprocess.run(cmd, cwd=cwd, env=env or ENV, capture_output=True, text=True,
-                          timeout=400)
-    if ok:
-        assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
-    return proc
 
 
 def free_port() -> int:

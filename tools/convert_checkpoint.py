@@ -29,14 +29,14 @@ import os.path as osp
 import re
 import sys
 from collections import Counter
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from metaformer_dense.checkpoint import (CheckpointError, ConversionResult, convert_state_dict,
-                                         extract_state_dict, read_checkpoint)
+from metaformer_dense.backbone import MetaFormerBackbone, find_arch, resolve_arch
+from metaformer_dense.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
+                                         split_backbone)
 
-Tensor = torch.Tensor
 PREFIX = 'backbone.'
 
 
@@ -53,70 +53,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-# ----------------------------------------------------------------------------- architecture
-def _reference(arch: str) -> Dict[str, Tensor]:
-    """Parameter shapes and dtypes of the full dense backbone (all four stages), no memory."""
-    from metaformer_dense import MetaFormerBackbone
-    with torch.device('meta'):
-        return MetaFormerBackbone(arch).state_dict()
-
-
-def _family(keys: Sequence[str], state_dict: Dict[str, Tensor]) -> str:
-    """The timm name prefix of a converted (timm-named) backbone state dict."""
-    if any('.token_mixer.qkv.' in k for k in keys):
-        return 'caformer_'
-    if any('.token_mixer.pwconv1.' in k for k in keys):
-        return 'convformer_'
-    fc1 = state_dict.get('stages.0.blocks.0.mlp.fc1.weight')
-    return 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
-
-
-def _fit(conv: ConversionResult, ref: Dict[str, Tensor]) -> Tuple[List, List, List]:
-    """Missing keys, unexpected keys and shape mismatches of a conversion against ``ref``."""
-    sd = conv.state_dict
-    missing = [k for k in ref if k not in sd]
-    unexpected = [k for k in sd if k not in ref]
-    shapes = [(k, tuple(v.shape), tuple(ref[k].shape)) for k, v in sd.items()
-              if k in ref and tuple(v.shape) != tuple(ref[k].shape)]
-    return missing, unexpected, shapes
-
-
-def _body_fits(conv: ConversionResult, ref: Dict[str, Tensor]) -> bool:
-    missing, unexpected, shapes = _fit(conv, ref)
-    return not shapes and not unexpected and all(k.startswith('out_norms.') for k in missing)
-
-
-def find_arch(backbone: Dict[str, Tensor]) -> str:
-    """Name the timm MetaFormer architecture whose weights ``backbone`` holds.
-
-    Raises:
-        CheckpointError: No architecture fits exactly.
-    """
-    from metaformer_dense import ARCHS
-    plain = convert_state_dict(backbone)
-    family = _family(list(plain.state_dict), plain.state_dict)
-    for arch in (a for a in ARCHS if a.startswith(family)):
-        ref = _reference(arch)
-        if _body_fits(convert_state_dict(backbone, reference=ref), ref):
-            return arch
-    raise CheckpointError(
-        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
-        'keys or shapes differ')
-
-
 # ----------------------------------------------------------------------------- conversion
-def split_model(state_dict: Dict[str, Tensor]) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-    """Split into (backbone weights without prefix, other weights); strips DDP's ``module.``.
-
-    A state dict with no ``backbone.`` keys is a backbone on its own (nothing else is kept).
-    """
-    sd = {(k[len('module.'):] if k.startswith('module.') else k): v for k, v in state_dict.items()}
-    if not any(k.startswith(PREFIX) for k in sd):
-        return sd, {}
-    backbone = {k[len(PREFIX):]: v for k, v in sd.items() if k.startswith(PREFIX)}
-    return backbone, {k: v for k, v in sd.items() if not k.startswith(PREFIX)}
-
-
 def summarise_renames(renamed: Sequence[Tuple[str, str]], limit: int = 12) -> List[str]:
     """Group renames by pattern (numbers become ``N``): ``'a.N.b -> c.N.d (x12)'`` lines."""
     groups = Counter((re.sub(r'\d+', 'N', old), re.sub(r'\d+', 'N', new)) for old, new in renamed)
@@ -138,29 +75,20 @@ def convert(src: str, arch: Optional[str] = None) -> Tuple[dict, List[str]]:
         ``({'meta': ..., 'state_dict': ...}, report lines)``.
 
     Raises:
+        ValueError: Unknown ``arch``.
         CheckpointError: Unreadable file, unknown layout, or weights that do not fit ``arch``.
     """
-    from metaformer_dense import backbone as backbone_module
     raw = read_checkpoint(src)
-    backbone, others = split_model(extract_state_dict(raw))
-    arch = backbone_module._SHORT.get(arch, arch) if arch else find_arch(backbone)
-    if arch not in backbone_module.ARCHS:
-        raise CheckpointError(f'unknown --arch {arch!r}; choose one of: '
-                              f'{", ".join(backbone_module.ARCHS)}')
-    ref = _reference(arch)
-    conv = convert_state_dict(backbone, reference=ref)  # also refuses integer weights
-    missing, unexpected, shapes = _fit(conv, ref)
-    if shapes or unexpected:
-        detail = '; '.join(f'{k}: checkpoint {s} vs {arch} {r}' for k, s, r in shapes[:3])
-        if unexpected:
-            detail += f'{"; " if detail else ""}keys {arch} does not have: {unexpected[:3]}'
-        raise CheckpointError(f'{src!r} does not fit {arch} ({len(shapes)} shape mismatches, '
-                              f'{len(unexpected)} unknown keys): {detail}')
-    body_missing = [k for k in missing if not k.startswith('out_norms.')]
-    if body_missing:
-        raise CheckpointError(f'{src!r} lacks {len(body_missing)} weights of {arch} '
-                              f'(first: {body_missing[:3]}); is it a checkpoint of a smaller model?')
-
+    backbone, others = split_backbone(extract_state_dict(raw))
+    arch = resolve_arch(arch) if arch else find_arch(backbone)
+    with torch.device('meta'):  # shapes and dtypes of the full backbone, no memory
+        model = MetaFormerBackbone(arch)
+    fit = model.fit_weights(backbone)  # also refuses integer weights
+    fit.check(f'checkpoint {src!r}')
+    if fit.unexpected:  # the output holds the arch's weights only
+        raise CheckpointError(f'checkpoint {src!r} has {len(fit.unexpected)} keys that are no '
+                              f'weights of {arch}: {fit.unexpected[:3]}')
+    conv, missing, ref = fit.conversion, fit.missing, model.state_dict()
     cast = Counter()
     state = {}
     for key, value in conv.state_dict.items():
@@ -219,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         sys.exit(f'error: {args.dst} exists; pass --force to overwrite it')
     try:
         checkpoint, report = convert(args.src, args.arch)
-    except CheckpointError as exc:
+    except ValueError as exc:  # CheckpointError included
         sys.exit(f'error: {exc}')
     save(checkpoint, args.dst)
     print('\n'.join(report))

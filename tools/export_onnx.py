@@ -80,7 +80,7 @@ def build_model(config: str, checkpoint: Optional[str] = None, cfg_options: Opti
 
     from metaformer_dense.checkpoint import (check_float_weights, extract_state_dict,
                                              read_checkpoint)
-    from metaformer_dense.runner_utils import load_config
+    from metaformer_runner import load_config
 
     cfg = load_config(config, cfg_options)
     init_default_scope(cfg.default_scope)

@@ -69,7 +69,7 @@ fi
 if has_step speed; then
   log "benchmarks/speed.py on CUDA"
   # shellcheck disable=SC2086
-  "$PY" benchmarks/speed.py --device cuda --out benchmarks/results/speed_cuda ${SPEED_ARGS:-} \
+  "$PY" -m benchmarks.speed --device cuda --out benchmarks/results/speed_cuda ${SPEED_ARGS:-} \
     2>&1 | tee "$VENV/speed.log" || status=1
 fi
 

@@ -48,17 +48,18 @@ def parse_args() -> argparse.Namespace:
 
 def apply_args(cfg, args: argparse.Namespace) -> None:
     """Fold the command-line flags into ``cfg``; raise ValueError on a flag that cannot apply."""
+    from metaformer_dense.download import is_remote
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
                     or osp.join('work_dirs', osp.splitext(osp.basename(args.config))[0]
                                 + ('_tta' if args.tta else '')))  # the report reads MS here
-    if '://' not in args.checkpoint:
+    if not is_remote(args.checkpoint):  # a URL or hf-hub: name is fetched in main
         if not osp.isfile(args.checkpoint):
             raise ValueError(f'checkpoint not found: {args.checkpoint}')
         if args.checkpoint.endswith('.safetensors'):
             raise ValueError(f'{args.checkpoint}: the Runner reads .pth checkpoints; write one with '
                              'tools/convert_checkpoint.py SRC.safetensors DST.pth')
-    cfg.load_from = args.checkpoint
+    # No cfg.load_from: the Runner would load it again, with strict=False (see main).
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         raise ValueError(f'--out must name a .pkl or .pickle file, got {args.out}')
     if args.show_dir:
@@ -83,36 +84,31 @@ def main() -> None:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from metaformer_dense.checkpoint import (CheckpointError, check_float_weights,
-                                             extract_state_dict, read_checkpoint)
-    from metaformer_dense.download import resolve_checkpoint
-    from metaformer_dense.runner_utils import (DumpSegResults, check_dataset_paths, load_config,
-                                               setup_distributed)
+    from metaformer_dense.checkpoint import CheckpointError, read_checkpoint
+    from metaformer_runner import (DumpSegResults, check_dataset_paths, load_config,
+                                   load_model_strictly, setup_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
         check_dataset_paths(cfg, ['test_dataloader', 'test_evaluator'])
-        # A URL or hf-hub: name is fetched once into the standard cache and read from there.
-        args.checkpoint = resolve_checkpoint(args.checkpoint)
-        if '://' not in args.checkpoint:
-            # Empty, truncated, non-checkpoint or code-carrying files get a named error (a
-            # CheckpointError is a ValueError) instead of a stack trace from inside torch.load.
-            state = read_checkpoint(args.checkpoint)
+        # Read once, before the Runner is built (a URL or hf-hub: name is fetched once into the
+        # standard cache first): empty, truncated, non-checkpoint or code-carrying files get a
+        # named error (a CheckpointError is a ValueError) instead of a stack trace from inside
+        # torch.load.
+        checkpoint = read_checkpoint(args.checkpoint)
         setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     # The Runner's own load is strict=False: a checkpoint of another model would only warn and
-    # the test would score random weights. Load strictly here; the Runner then skips its load.
+    # the test would score random weights. Load strictly here, as Runner.load_checkpoint does
+    # otherwise (its after_load_checkpoint hooks first, e.g. EMA).
+    runner.call_hook('after_load_checkpoint', checkpoint=checkpoint)
     try:
-        if '://' not in args.checkpoint:  # integers where the model has floats: a named error
-            # compared without a wrapper's `module.` prefix (DDP, or the --tta model)
-            check_float_weights(getattr(runner.model, 'module', runner.model),
-                                extract_state_dict(state))
-        runner.load_checkpoint(args.checkpoint, map_location='cpu', strict=True)
-    except (RuntimeError, CheckpointError) as err:
-        sys.exit(f'error: {args.checkpoint} does not fit the model of {args.config} '
-                 f'(wrong config for this checkpoint?):\n{err}')
+        load_model_strictly(runner.model, checkpoint, source=args.checkpoint, config=args.config)
+    except CheckpointError as err:
+        sys.exit(f'error: {err}')
+    runner.logger.info(f'Load checkpoint from {args.checkpoint}')
     if args.out:
         if cfg.default_scope == 'mmdet':
             from mmdet.evaluation import DumpDetResults

@@ -59,7 +59,7 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
     from mmengine.device import get_device
     from mmengine.logging import print_log
 
-    from metaformer_dense.runner_utils import find_resumable_checkpoint
+    from metaformer_runner import find_resumable_checkpoint
 
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
@@ -98,8 +98,8 @@ def main() -> None:
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
-    from metaformer_dense.runner_utils import (check_dataset_paths, load_config,
-                                               setup_distributed, use_atomic_checkpoints)
+    from metaformer_runner import (check_dataset_paths, load_config, setup_distributed,
+                                   use_atomic_checkpoints)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)

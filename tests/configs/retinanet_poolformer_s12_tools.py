@@ -4,7 +4,7 @@
 # iteration (so a resumed run's lr shows whether the schedule resumed too).
 _base_ = '../../configs/demo/retinanet_poolformer_s12_tiny.py'
 
-img_scale = (96, 96)  # demo: 256
+img_scale = (96, 96)  # demo: 160
 train_pipeline = [
     dict(type='LoadImageFromFile'),
     dict(type='LoadAnnotations', with_bbox=True),

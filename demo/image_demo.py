@@ -4,11 +4,11 @@ One tool for mmdet and mmseg configs: the config's ``default_scope`` picks mmdet
 ``DetInferencer`` or mmseg's ``MMSegInferencer`` for the prediction and that library's visualizer
 for the drawing. Each input image gives ``OUT_DIR/<name>.png``. Examples:
 
-    python tools/demo.py data/tiny_coco/val/000001.jpg \\
+    python demo/image_demo.py data/tiny_coco/val/000001.jpg \\
         configs/demo/retinanet_poolformer_s12_tiny.py work_dirs/retinanet/epoch_20.pth
-    python tools/demo.py photos/ configs/mask_rcnn_poolformer_s12.py mask_rcnn_s12.pth \\
+    python demo/image_demo.py photos/ configs/mask_rcnn_poolformer_s12.py mask_rcnn_s12.pth \\
         --out-dir vis/ --score-thr 0.5 --device cuda:0
-    python tools/demo.py a.jpg b.png configs/semantic_fpn_poolformer_s12.py fpn_s12.safetensors
+    python demo/image_demo.py a.jpg b.png configs/semantic_fpn_poolformer_s12.py fpn_s12.safetensors
 
 CHECKPOINT is a whole model: one this toolkit trained (tools/train.py), its ``.safetensors``
 conversion (tools/convert_checkpoint.py), or a model the PoolFormer paper released for mmdet 2.x /
@@ -183,18 +183,15 @@ def _checked_inferencer(base: type, weights: dict, checkpoint_path: str) -> type
     randomly initialised model's output. This one loads the dict read safely above and fails on
     any missing, unexpected or mis-shaped weight.
     """
-    from mmengine.runner.checkpoint import load_state_dict
-
-    from metaformer_dense.checkpoint import CheckpointError, check_float_weights
+    from metaformer_dense.checkpoint import CheckpointError
+    from metaformer_runner import load_model_strictly
 
     class Checked(base):
         def _load_weights_to_model(self, model, checkpoint, cfg) -> None:
             try:
-                check_float_weights(model, weights['state_dict'])  # no silent int -> float
-                load_state_dict(model, weights['state_dict'], strict=True)
-            except (RuntimeError, CheckpointError) as exc:
-                raise DemoError(f'checkpoint {checkpoint_path!r} does not fit the model of the '
-                                f'config (wrong config for this checkpoint?):\n{exc}') from exc
+                load_model_strictly(model, weights['state_dict'], source=checkpoint_path)
+            except CheckpointError as exc:
+                raise DemoError(str(exc)) from exc
             meta = dict(weights['meta'], dataset_meta=_dataset_meta(cfg, weights['meta']))
             super()._load_weights_to_model(
                 model, dict(state_dict=weights['state_dict'], meta=meta), cfg)
@@ -213,7 +210,7 @@ def run(args: argparse.Namespace) -> List[str]:
     import mmcv
     import torch
 
-    from metaformer_dense.runner_utils import load_config
+    from metaformer_runner import load_config
 
     images = collect_images(args.inputs)
     for path in images:  # fail on a bad image before minutes go into building the model
