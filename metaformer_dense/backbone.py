@@ -79,6 +79,14 @@ class MetaFormerBackbone(BaseModule):
             the defaults, or a dict of ``torch.compile`` keyword arguments (e.g.
             ``dict(mode='max-autotune')``). The first call pays the compile time; a new input
             shape may trigger a recompile (see docs/speed.md).
+        lean_training: Keep less for backward in training: each block saves only its input and
+            ``fc1``'s output and recomputes the rest (norms, token mixer, activation) in backward
+            (:func:`metaformer_dense.fast_path.stage_forward_lean`; PoolFormer S12 at 800x1216
+            keeps about 0.4 of what timm's modules keep, benchmarks/results/memory.md). Same
+            gradients to float rounding, plain torch ops, any device; needs ``channels_last``
+            and no autocast (AMP takes timm's modules). ``None`` (default): on for CPU tensors,
+            off elsewhere until a recorded CUDA run shows it no slower than timm's modules there;
+            ``True`` / ``False`` force it. ``with_cp`` takes precedence.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
             checkpoints and reports missing and unexpected keys.
@@ -99,6 +107,7 @@ class MetaFormerBackbone(BaseModule):
                  layer_scale_init_value: Optional[float] = None,
                  channels_last: bool = True,
                  compile: Union[bool, dict] = False,
+                 lean_training: Optional[bool] = None,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
         if pretrained is not None:
@@ -125,6 +134,9 @@ class MetaFormerBackbone(BaseModule):
                              f'k: stem + first k stages), got {frozen_stages!r}')
         if not 0.0 <= float(drop_path_rate) < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
+        if lean_training is not None and not isinstance(lean_training, bool):
+            raise TypeError(f'lean_training must be None (auto), True or False, got '
+                            f'{lean_training!r}')
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f'compile must be True/False or a dict of torch.compile arguments, '
                             f'got {compile!r}')
@@ -135,6 +147,7 @@ class MetaFormerBackbone(BaseModule):
         self.norm_eval = norm_eval
         self.with_cp = with_cp
         self.channels_last = bool(channels_last)
+        self.lean_training = lean_training
         self.compile_cfg: Optional[dict] = (dict(compile) if isinstance(compile, dict)
                                             else {} if compile else None)
 
@@ -190,18 +203,24 @@ class MetaFormerBackbone(BaseModule):
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         # CPU: the same math with less memory traffic (fast_path.py), unless a tracer, exporter,
-        # compiler or hook watches (they would see the chunk loop and the in-place updates); timm's
-        # modules otherwise. Decided once per call: a hook on the stem must see an output that
-        # stage 0 does not overwrite.
-        fast = (self.channels_last and not (self.with_cp and torch.is_grad_enabled())
-                and not fast_path.observed(self))
+        # compiler or hook watches (they would see the chunk loop, the in-place updates and the
+        # recomputation); timm's modules otherwise. With autograd, the memory-lean blocks
+        # (any device, see lean_training). Decided once per call: a hook on the stem must see an
+        # output that stage 0 does not overwrite.
+        unobserved = (self.channels_last and not (self.with_cp and torch.is_grad_enabled())
+                      and not fast_path.observed(self))
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
-        fast = fast and fast_path.applies(x)
+        lean = self.lean_training if self.lean_training is not None else x.device.type == 'cpu'
+        lean = (lean and unobserved and torch.is_grad_enabled()
+                and fast_path.lean_applies(x))
+        fast = unobserved and fast_path.applies(x)
         outs = []
         for i, stage in enumerate(self.stages):
-            if fast and self._fast_stages[i]:
+            if lean and self._fast_stages[i]:
+                x = fast_path.stage_forward_lean(stage, x)
+            elif fast and self._fast_stages[i]:
                 x = fast_path.stage_forward(stage, x)
             else:
                 x = stage(x)

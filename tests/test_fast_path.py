@@ -61,7 +61,9 @@ def test_inference_matches_timm_modules(arch, small_chunks, spy):
 
 @pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18'])
 def test_training_gradients_match_timm_modules(arch, small_chunks, spy):
-    model = _randomized(arch).train()
+    # The chunked-MLP training path (lean_training=False; tests/test_lean_training.py covers
+    # the default, memory-lean one).
+    model = _randomized(arch, lean_training=False).train()
     ref = _reference(model).train()
     grads = []
     for m in (model, ref):

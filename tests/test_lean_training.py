@@ -1,0 +1,104 @@
+"""The memory-lean training blocks (fast_path.stage_forward_lean) give timm's gradients and keep
+at most half of what timm's modules keep for backward."""
+import copy
+
+import pytest
+import torch
+
+from backbone_helpers import randomized as _randomized
+from metaformer_dense import fast_path
+from metaformer_dense.memory import saved_tensor_bytes
+
+X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
+
+
+def _timm_modules(model):
+    """The same weights through timm's modules (the stock NCHW path)."""
+    ref = copy.deepcopy(model)
+    ref.channels_last = False
+    return ref
+
+
+@pytest.fixture
+def lean_calls(monkeypatch):
+    calls = []
+    real = fast_path.stage_forward_lean
+
+    def counting(stage, x):
+        calls.append(stage)
+        return real(stage, x)
+
+    monkeypatch.setattr(fast_path, 'stage_forward_lean', counting)
+    return calls
+
+
+def _loss(outs):
+    return sum((o * torch.linspace(-1, 1, o.shape[1])[:, None, None]).square().mean()
+               for o in outs)
+
+
+def _grads(model, x, seed=3):
+    x = x.clone().requires_grad_()
+    torch.manual_seed(seed)  # the same drop-path samples on both sides
+    _loss(model(x)).backward()
+    return {'input': x.grad, **{n: p.grad for n, p in model.named_parameters()}}
+
+
+@pytest.mark.parametrize('drop_path_rate', [0.0, 0.3])
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
+                                  'caformer_s18'])
+def test_gradients_match_timm_modules(arch, drop_path_rate, lean_calls, monkeypatch):
+    # Several MLP row chunks per stage at this size, the last one partial.
+    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+    model = _randomized(arch, drop_path_rate=drop_path_rate).train()
+    assert model.lean_training is None  # the default: on for CPU
+    ours, ref = _grads(model, X), _grads(_timm_modules(model), X)
+    assert len(lean_calls) == 4 if arch != 'caformer_s18' else len(lean_calls) == 2
+    for name, g in ref.items():
+        assert ours[name] is not None, name
+        # PoolFormer v1's norm1 biases cancel in pool(y) - y: their true gradient is 0 and both
+        # sides are rounding noise, which atol covers.
+        torch.testing.assert_close(ours[name], g, atol=2e-5, rtol=1e-3, msg=name)
+
+
+def test_frozen_stages_and_input_without_grad(lean_calls):
+    model = _randomized('poolformer_s12', frozen_stages=1).train()
+    ours, ref = _grads(model, X), _grads(_timm_modules(model), X)
+    assert len(lean_calls) == 4
+    for name, g in ref.items():
+        if g is None:
+            assert ours[name] is None, name
+        else:
+            torch.testing.assert_close(ours[name], g, atol=2e-5, rtol=1e-3, msg=name)
+
+
+def test_keeps_at_most_half_of_timm_for_backward(lean_calls):
+    model = _randomized('poolformer_s12').train()
+    ref = _timm_modules(model)
+    x = torch.randn(1, 3, 128, 160)
+    ours, _ = saved_tensor_bytes(lambda: model(x), exclude=model.parameters())
+    theirs, _ = saved_tensor_bytes(lambda: ref(x), exclude=ref.parameters())
+    assert lean_calls
+    assert ours <= 0.5 * theirs, (ours, theirs)
+
+
+def test_switch(lean_calls):
+    model = _randomized('poolformer_s12', lean_training=False).train()
+    _grads(model, X)
+    assert not lean_calls
+    model.lean_training = True
+    _grads(model, X)
+    assert len(lean_calls) == 4
+    with torch.no_grad():  # inference never takes it
+        model(X)
+    assert len(lean_calls) == 4
+    with pytest.raises(TypeError):
+        _randomized('poolformer_s12', lean_training='yes')
+
+
+def test_hooks_take_timm_modules(lean_calls):
+    model = _randomized('poolformer_s12').train()
+    handle = model.stages[1].blocks[0].norm1.register_forward_hook(lambda m, i, o: None)
+    _grads(model, X)
+    handle.remove()
+    assert not lean_calls
