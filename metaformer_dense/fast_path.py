@@ -322,11 +322,12 @@ def stage_forward(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
 # computes anyway. Plain torch ops: it runs wherever the modules run.
 
 def lean_applies(x: torch.Tensor) -> bool:
-    """Whether :func:`stage_forward_lean` applies to ``x``: a plain floating-point 4-D
-    channels-last tensor on any device, outside autocast (AMP takes timm's modules)."""
+    """Whether :func:`stage_forward_lean` applies to ``x``: a plain floating-point 4-D tensor
+    on any device, outside autocast (AMP takes timm's modules). The stages convert it to
+    channels-last memory (a no-op for the backbone's channels-last activations)."""
     return (type(x) is torch.Tensor and x.dim() == 4 and x.is_floating_point()
-            and not torch.is_autocast_enabled(x.device.type)
-            and x.is_contiguous(memory_format=torch.channels_last))
+            and not (torch.amp.is_autocast_available(x.device.type)
+                     and torch.is_autocast_enabled(x.device.type)))
 
 
 def _lean_block_supported(block: nn.Module) -> bool:

@@ -3,7 +3,8 @@
 The bytes of the distinct storages that autograd saves for the backward pass (seen through
 ``torch.autograd.graph.saved_tensors_hooks``) while a function runs. Parameters, which exist
 whether or not anything is trained, can be left out. The number does not depend on the
-allocator, so CPU and GPU runs agree; ``benchmarks/memory.py`` records it per architecture.
+allocator, so CPU and GPU runs agree, and on the ``meta`` device it costs no memory at all;
+``benchmarks/memory.py`` records it per architecture.
 """
 from __future__ import annotations
 
@@ -28,13 +29,13 @@ def saved_tensor_bytes(fn: Callable[[], object],
     Returns:
         ``(bytes, fn's result)``; keep the result alive as long as the graph is needed.
     """
-    skip = {t.untyped_storage().data_ptr() for t in exclude}
-    seen: Dict[Tuple[str, int], int] = {}
+    skip = {t.untyped_storage()._cdata for t in exclude}
+    seen: Dict[int, int] = {}
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        key = (str(t.device), storage.data_ptr())
-        if key[1] not in skip and storage.nbytes():
+        key = storage._cdata  # the storage itself: works for meta tensors too
+        if key not in skip and storage.nbytes():
             seen[key] = max(seen.get(key, 0), storage.nbytes())
         return t
 
