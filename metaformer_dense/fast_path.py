@@ -39,6 +39,7 @@ from typing import Optional, Tuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 
 from timm.layers import DropPath
 from timm.models.metaformer import MetaFormerBlock, MetaFormerStage, Pooling, Scale, StarReLU
@@ -407,6 +408,7 @@ class _LeanBlock(torch.autograd.Function):
         return x1
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, dout):
         x, pre, *params = ctx.saved_tensors
         block, (mask1, mask2), rows = ctx.block, ctx.masks, ctx.rows

@@ -102,3 +102,18 @@ def test_hooks_take_timm_modules(lean_calls):
     _grads(model, X)
     handle.remove()
     assert not lean_calls
+
+
+def test_off_cpu_a_switch_and_device_independent(lean_calls):
+    # The meta device stands in for CUDA: no CPU-only operation may be on the lean path, and off
+    # CPU it runs only when switched on (the CUDA default waits for a recorded CUDA run).
+    x = torch.empty(2, 3, 64, 96, device='meta', requires_grad=True)
+    model = _randomized('poolformer_s12', drop_path_rate=0.2).to('meta').train()
+    model(x)
+    assert not lean_calls
+    model.lean_training = True
+    sum(o.sum() for o in model(x)).backward()
+    assert len(lean_calls) == 4
+    assert x.grad.shape == x.shape
+    for name, p in model.named_parameters():
+        assert p.grad is not None and p.grad.shape == p.shape, name
