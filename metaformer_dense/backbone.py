@@ -212,8 +212,10 @@ class MetaFormerBackbone(BaseModule):
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
-        lean = self.lean_training if self.lean_training is not None else x.device.type == 'cpu'
-        lean = (lean and unobserved and torch.is_grad_enabled()
+        # `unobserved` first: under torch.fx, x is a proxy whose device cannot be branched on.
+        lean = (unobserved and torch.is_grad_enabled()
+                and (self.lean_training if self.lean_training is not None
+                     else x.device.type == 'cpu')
                 and fast_path.lean_applies(x))
         fast = unobserved and fast_path.applies(x)
         outs = []
