@@ -26,10 +26,8 @@ from .checkpoint import (CheckpointError, WeightsFit, convert_state_dict, extrac
 
 __all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch', 'find_arch']
 
-#: Every MetaFormer variant timm ships: ``poolformer_{s12,...}``, ``poolformerv2_*``, ``convformer_*``,
-#: ``caformer_*``.
-ARCHS: Tuple[str, ...] = tuple(sorted(
-    n for n in timm.list_models(module='metaformer')))
+#: Every MetaFormer variant timm ships: ``poolformer*``, ``convformer_*``, ``caformer_*``.
+ARCHS: Tuple[str, ...] = tuple(sorted(timm.list_models(module='metaformer')))
 #: mmpretrain-style short names for the PoolFormer v1 sizes: ``'s12'`` -> ``'poolformer_s12'``.
 SHORT_NAMES: Dict[str, str] = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
 
@@ -60,32 +58,25 @@ class MetaFormerBackbone(BaseModule):
             ``GroupNorm(1, C)``. Stages after the last index are not built.
         frozen_stages: ``-1`` freezes nothing, ``0`` the stem, ``k`` the stem and the first
             ``k`` stages (with their output norms), as mmdet's ResNet and Swin count.
-        norm_eval: Keep normalisation layers in eval mode while training. MetaFormers use
-            GroupNorm / LayerNorm, which keep no running statistics, so this only matters for
-            code that inspects ``.training``; it is accepted for config compatibility.
+        norm_eval: Keep normalisation layers in eval mode while training (GroupNorm / LayerNorm
+            keep no running statistics; accepted for config compatibility).
         drop_path_rate: Stochastic depth rate, increasing linearly over blocks (timm's rule).
         with_cp: Checkpoint block activations to save memory at the cost of recomputation.
         layer_scale_init_value: Initial value of every layer scale, for training from scratch;
             ``None`` keeps the arch's own (1e-5 / 1e-6 for PoolFormer v1, which leaves the blocks
             nearly inert for hundreds of iterations without ImageNet weights). Loaded
             checkpoints overwrite it.
-        channels_last: Run the stem and stages in channels-last (NHWC) memory format: the
-            weights are stored that way and the input is converted on entry. The math is the same
-            (outputs agree with NCHW to float rounding); CPU and GPU convolutions, pooling and
-            GroupNorm are faster in this layout. On CPU it also lets the stages run through
-            :mod:`metaformer_dense.fast_path` (the MLP as matrix products over cache-sized row
-            chunks). Outputs are always plain contiguous NCHW tensors.
-        compile: Compile the forward pass with ``torch.compile`` on its first call: ``True`` for
-            the defaults, or a dict of ``torch.compile`` keyword arguments (e.g.
-            ``dict(mode='max-autotune')``). The first call pays the compile time; a new input
-            shape may trigger a recompile (see docs/speed.md).
-        lean_training: Keep less for backward in training: each block saves only its input and
-            ``fc1``'s output and recomputes the rest (norms, token mixer, activation) in backward
-            (:func:`metaformer_dense.fast_path.stage_forward_lean`; PoolFormer S12 at 800x1216
-            keeps about 0.4 of what timm's modules keep, benchmarks/results/memory.md). Same
-            gradients to float rounding, plain torch ops, any device; needs ``channels_last``
-            and no autocast (AMP takes timm's modules). ``None`` (default): on for CPU tensors,
-            off elsewhere until a recorded CUDA run shows it no slower than timm's modules there;
+        channels_last: Run the stem and stages in channels-last (NHWC) memory: same math; on CPU
+            faster, and it lets the stages run through :mod:`metaformer_dense.fast_path`. On CUDA
+            NCHW measured faster (benchmarks/results/speed_cuda.md): pass ``False`` there.
+            Outputs are always plain contiguous NCHW tensors.
+        compile: ``torch.compile`` the forward on its first call: ``True``, or a dict of
+            ``torch.compile`` arguments. A new input shape may recompile (docs/speed.md).
+        lean_training: Each block saves only its input and ``fc1``'s output for backward and
+            recomputes the rest (:mod:`metaformer_dense.lean_training`; S12 at 800x1216 keeps
+            0.38 of what timm's modules keep, benchmarks/results/memory.md). Same gradients, any
+            device; needs ``channels_last`` and no autocast. ``None`` (default): on for CPU
+            tensors, off elsewhere until a CUDA run shows it no slower than timm's modules;
             ``True`` / ``False`` force it. ``with_cp`` takes precedence.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
