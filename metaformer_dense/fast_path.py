@@ -176,6 +176,45 @@ def _residual_(x: torch.Tensor, res_scale: Optional[torch.Tensor],
         x.add_(branch)
 
 
+def mlp_backward_chunks(y, pre, d, w1, w2, act: Tuple, star_scale, star_bias, rows: int,
+                        need_e: bool, need_w1: bool, need_b1: bool, need_ss: bool,
+                        need_sb: bool, need_y: bool):
+    """Backward of ``d = dL/d fc2(act(fc1(y)))`` over ``(M, C)`` row chunks (any device).
+
+    ``pre`` is fc1's output; ``w2`` is the matrix ``d`` is multiplied back through (fc2's weight,
+    or fc2's weight times a layer scale). Returns ``(e, dw1, db1, dss, dsb, dy)`` where
+    ``e = d^T act(pre)`` (fc2's weight gradient for an unscaled ``w2``), each None unless asked
+    for; ``dss`` / ``dsb`` (StarReLU scale / bias) are float64 sums.
+    """
+    e = torch.zeros_like(w2) if need_e else None
+    dw1 = torch.zeros_like(w1) if need_w1 else None
+    db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
+    dss = torch.zeros((), dtype=torch.float64, device=y.device) if need_ss else None
+    dsb = torch.zeros((), dtype=torch.float64, device=y.device) if need_sb else None
+    dy = torch.empty_like(y) if need_y else None
+    for s in range(0, y.shape[0], rows):
+        a, dc = pre[s:s + rows], d[s:s + rows]
+        if e is not None:
+            e.addmm_(dc.t(), _act_forward(act, a, star_scale, star_bias))
+        dg = torch.mm(dc, w2)
+        if act[0] == 'gelu':
+            da = torch.ops.aten.gelu_backward(dg, a, approximate=act[1])
+        else:  # d/da of scale * relu(a)^2 + bias = 2 * scale * relu(a)
+            r = a.relu()
+            if need_ss:
+                dss += torch.dot(dg.reshape(-1), r.square().reshape(-1)).double()
+            if need_sb:
+                dsb += dg.sum(dtype=torch.float64)
+            da = dg.mul_(r).mul_(2 * star_scale)
+        if need_w1:
+            dw1.addmm_(da.t(), y[s:s + rows])
+        if need_b1:
+            db1.add_(da.sum(0))
+        if need_y:
+            torch.mm(da, w1, out=dy[s:s + rows])
+    return e, dw1, db1, dss, dsb, dy
+
+
 # ----------------------------------------------------------------------------------------------
 # Inference: no autograd, the residual stream updated in place
 # ----------------------------------------------------------------------------------------------
@@ -234,32 +273,9 @@ class _ChunkedMlp(torch.autograd.Function):
         act, rows = ctx.act, ctx.rows
         dout = dout.contiguous()
         need_y, need_w1, need_b1, need_w2, need_b2, need_ss, need_sb = ctx.needs_input_grad[:7]
-        dy = torch.empty_like(y) if need_y else None
-        dw1 = torch.zeros_like(w1) if need_w1 else None
-        dw2 = torch.zeros_like(w2) if need_w2 else None
-        db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
-        dss = torch.zeros((), dtype=torch.float64) if need_ss else None
-        dsb = torch.zeros((), dtype=torch.float64) if need_sb else None
-        for s in range(0, y.shape[0], rows):
-            a, d = pre[s:s + rows], dout[s:s + rows]
-            if need_w2:
-                dw2.addmm_(d.t(), _act_forward(act, a, star_scale, star_bias))
-            dg = torch.mm(d, w2)
-            if act[0] == 'gelu':
-                da = torch.ops.aten.gelu_backward(dg, a, approximate=act[1])
-            else:  # d/da of scale * relu(a)^2 + bias = 2 * scale * relu(a)
-                r = a.relu()
-                if need_ss:
-                    dss += torch.dot(dg.reshape(-1), r.square().reshape(-1)).double()
-                if need_sb:
-                    dsb += dg.sum(dtype=torch.float64)
-                da = dg.mul_(r).mul_(2 * star_scale)
-            if need_w1:
-                dw1.addmm_(da.t(), y[s:s + rows])
-            if need_b1:
-                db1.add_(da.sum(0))
-            if need_y:
-                torch.mm(da, w1, out=dy[s:s + rows])
+        dw2, dw1, db1, dss, dsb, dy = mlp_backward_chunks(
+            y, pre, dout, w1, w2, act, star_scale, star_bias, rows,
+            need_w2, need_w1, need_b1, need_ss, need_sb, need_y)
         db2 = dout.sum(0) if need_b2 else None
         if dss is not None:
             dss = dss.to(star_scale.dtype).reshape(star_scale.shape)

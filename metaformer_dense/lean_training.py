@@ -17,7 +17,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .fast_path import (_act_forward, _act_spec, _chunk_rows, _matrix, _residual_, _scale,
-                        _supported_block, _weights)
+                        _supported_block, _weights, mlp_backward_chunks)
 
 __all__ = ['lean_applies', 'stage_forward_lean']
 
@@ -152,32 +152,9 @@ class _LeanBlock(torch.autograd.Function):
         need_sb = star_bias is not None and need.get(id(star_bias), False)
         need_y = any(need.get(id(p), False) for p in block.parameters()
                      if id(p) not in manual) or ctx.needs_input_grad[0]
-        e = torch.zeros_like(w2) if (need_w2 or need_ls2) else None  # d^T act(pre)
-        dw1 = torch.zeros_like(w1) if need_w1 else None
-        db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
-        dss = torch.zeros((), dtype=torch.float64, device=x.device) if need_ss else None
-        dsb = torch.zeros((), dtype=torch.float64, device=x.device) if need_sb else None
-        dy = torch.empty_like(y) if need_y else None
-        for s in range(0, y.shape[0], rows):
-            a, dc = pre[s:s + rows], d[s:s + rows]
-            if e is not None:
-                e.addmm_(dc.t(), _act_forward(act, a, star_scale, star_bias))
-            dg = torch.mm(dc, w2s)
-            if act[0] == 'gelu':
-                da = torch.ops.aten.gelu_backward(dg, a, approximate=act[1])
-            else:  # d/da of scale * relu(a)^2 + bias = 2 * scale * relu(a)
-                r = a.relu()
-                if need_ss:
-                    dss += torch.dot(dg.reshape(-1), r.square().reshape(-1)).double()
-                if need_sb:
-                    dsb += dg.sum(dtype=torch.float64)
-                da = dg.mul_(r).mul_(2 * star_scale)
-            if need_w1:
-                dw1.addmm_(da.t(), y[s:s + rows])
-            if need_b1:
-                db1.add_(da.sum(0))
-            if need_y:
-                torch.mm(da, w1, out=dy[s:s + rows])
+        e, dw1, db1, dss, dsb, dy = mlp_backward_chunks(  # e = d^T act(pre)
+            y, pre, d, w1, w2s, act, star_scale, star_bias, rows,
+            need_w2 or need_ls2, need_w1, need_b1, need_ss, need_sb, need_y)
         grads = {}
         if need_w1:
             grads[id(mlp.fc1.weight)] = dw1.view_as(mlp.fc1.weight)
