@@ -105,3 +105,18 @@ def test_attention_multiply_adds_are_counted():
     counted = FlopAnalyzer(Attention(), (q, k, v)).set_op_handle(
         'aten::scaled_dot_product_attention', measure._sdpa_macs)
     assert counted.total() == 2 * 4 * 10 * 6 * (8 + 5)
+
+
+def test_train_step_benchmark_records_time_and_equal_gradients(tmp_path):
+    from benchmarks import train_step
+    out = tmp_path / 'ts'
+    rec = train_step.main(['--device', 'cpu', '--archs', 'poolformer_s12', '--size', '64x96',
+                           '--batch', '1', '--repeats', '1', '--warmup', '0', '--out', str(out)])
+    (row,) = rec['rows']
+    assert set(row['impls']) == set(train_step.IMPLS)
+    assert all(v['median_s'] > 0 for v in row['impls'].values())
+    # every toolkit variant computes timm's gradients (fp32 rounding only)
+    assert set(row['grad_rel_diff_vs_ref']) == set(train_step.BACKBONE_IMPLS)
+    assert all(d < 1e-4 for d, _ in row['grad_rel_diff_vs_ref'].values())
+    md = (tmp_path / 'ts.md').read_text()
+    assert '| poolformer_s12 | 1x64x96 | lean (NHWC) |' in md

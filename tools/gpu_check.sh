@@ -6,14 +6,16 @@
 #  2. mmcv built with its CUDA kernels (FORCE_CUDA=1, the GPU's arch) by tools/setup_env.sh;
 #  3. tests/test_gpu.py on the GPU (backbone CUDA vs CPU, mmcv CUDA NMS/RoIAlign, RetinaNet and
 #     Mask R-CNN training steps, fp16/bf16 training without NaN), then the rest of the suite;
-#  4. benchmarks/speed.py on CUDA into benchmarks/results/speed_cuda.{md,json}.
+#  4. benchmarks/speed.py on CUDA into benchmarks/results/speed_cuda.{md,json};
+#  5. benchmarks/train_step.py on CUDA (lean blocks vs timm modules, NHWC vs NCHW: time, peak
+#     memory, gradients) into benchmarks/results/train_step_cuda.{md,json}.
 # The record of the run goes to benchmarks/results/gpu_check.md.
 #
 # Environment:
 #   WHEELHOUSE    folder from tools/gpu_wheelhouse.sh (required); it holds the mmcv sdist too
 #   PYTHON        the interpreter whose torch sees the GPU (default: python3)
 #   VENV          where the venv goes (default: <repo>/.venv-gpu)
-#   STEPS         which of: build tests suite speed (default: all four)
+#   STEPS         which of: build tests suite speed train-step (default: all five)
 #   SPEED_ARGS    extra arguments for benchmarks/speed.py
 set -euo pipefail
 log() { printf '[gpu-check] %s\n' "$*"; }
@@ -26,7 +28,7 @@ WHEELHOUSE="$(abspath "$WHEELHOUSE")"
 [[ -d "$WHEELHOUSE" ]] || die "WHEELHOUSE=$WHEELHOUSE is not a folder"
 PYTHON="${PYTHON:-python3}"
 VENV="$(abspath "${VENV:-$ROOT/.venv-gpu}")"
-STEPS="${STEPS:-build tests suite speed}"
+STEPS="${STEPS:-build tests suite speed train-step}"
 RECORD="$ROOT/benchmarks/results/gpu_check.md"
 PY="$VENV/bin/python"
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
@@ -72,6 +74,10 @@ if has_step speed; then
   "$PY" -m benchmarks.speed --device cuda --out benchmarks/results/speed_cuda ${SPEED_ARGS:-} \
     2>&1 | tee "$VENV/speed.log" || status=1
 fi
+if has_step train-step; then
+  log "benchmarks/train_step.py on CUDA"
+  "$PY" -m benchmarks.train_step --device cuda 2>&1 | tee "$VENV/train_step.log" || status=1
+fi
 
 {
   echo "# GPU check record"
@@ -89,7 +95,7 @@ print(f'python {platform.python_version()}  torch {torch.__version__} (CUDA {tor
 PY
   [[ -f "$VENV/.mmcv-seconds" ]] && echo "mmcv $(cat "$VENV/.mmcv-seconds") s to build with CUDA kernels (0-5 s: cached)"
   echo '```'
-  for part in test_gpu suite speed; do
+  for part in test_gpu suite speed train_step; do
     [[ -f "$VENV/$part.log" ]] || continue
     echo
     echo "## $part (last lines)"
