@@ -20,11 +20,10 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from . import fast_path
-from .checkpoint import (CheckpointError, WeightsFit, convert_state_dict, extract_state_dict,
-                         read_checkpoint, split_backbone)
+from . import fast_path, weights_fit
+from .checkpoint import WeightsFit, extract_state_dict, read_checkpoint, split_backbone
 
-__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch', 'find_arch']
+__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch']
 
 #: Every MetaFormer variant timm ships: ``poolformer*``, ``convformer_*``, ``caformer_*``.
 ARCHS: Tuple[str, ...] = tuple(sorted(timm.list_models(module='metaformer')))
@@ -68,16 +67,20 @@ class MetaFormerBackbone(BaseModule):
             checkpoints overwrite it.
         channels_last: Run the stem and stages in channels-last (NHWC) memory: same math; on CPU
             faster, and it lets the stages run through :mod:`metaformer_dense.fast_path`. On CUDA
-            NCHW measured faster (benchmarks/results/speed_cuda.md): pass ``False`` there.
-            Outputs are always plain contiguous NCHW tensors.
+            NCHW is faster (benchmarks/results/train_step_cuda.md: PoolFormer-S12 training step
+            39 vs 42 ms). ``None`` (default): NHWC on CPU, NCHW elsewhere, decided from the
+            device the backbone is moved to (``.cuda()``, ``.to(...)``); ``True`` / ``False``
+            force it. Outputs are always plain contiguous NCHW tensors.
         compile: ``torch.compile`` the forward on its first call: ``True``, or a dict of
             ``torch.compile`` arguments. A new input shape may recompile (docs/speed.md).
         lean_training: Each block saves only its input and ``fc1``'s output for backward and
             recomputes the rest (:mod:`metaformer_dense.lean_training`; S12 at 800x1216 keeps
             0.38 of what timm's modules keep, benchmarks/results/memory.md). Same gradients, any
-            device; needs ``channels_last`` and no autocast. ``None`` (default): on for CPU
-            tensors, off elsewhere until a CUDA run shows it no slower than timm's modules;
-            ``True`` / ``False`` force it. ``with_cp`` takes precedence.
+            device; needs NHWC (``True`` makes ``channels_last=None`` pick it on every device) and
+            no autocast. ``None`` (default): on for CPU tensors, off elsewhere: on CUDA it is about
+            2x slower than timm's modules and ``with_cp`` is both faster and smaller there
+            (benchmarks/results/train_step_cuda.md). ``True`` / ``False`` force it. ``with_cp``
+            takes precedence.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
             checkpoints and reports missing and unexpected keys.
@@ -96,7 +99,7 @@ class MetaFormerBackbone(BaseModule):
                  drop_path_rate: float = 0.0,
                  with_cp: bool = False,
                  layer_scale_init_value: Optional[float] = None,
-                 channels_last: bool = True,
+                 channels_last: Optional[bool] = None,
                  compile: Union[bool, dict] = False,
                  lean_training: Optional[bool] = None,
                  init_cfg: Optional[dict] = None,
@@ -125,9 +128,9 @@ class MetaFormerBackbone(BaseModule):
                              f'k: stem + first k stages), got {frozen_stages!r}')
         if not 0.0 <= float(drop_path_rate) < 1.0:
             raise ValueError(f'drop_path_rate must be in [0, 1), got {drop_path_rate!r}')
-        if lean_training is not None and not isinstance(lean_training, bool):
-            raise TypeError(f'lean_training must be None (auto), True or False, got '
-                            f'{lean_training!r}')
+        for name, value in (('channels_last', channels_last), ('lean_training', lean_training)):
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f'{name} must be None (auto), True or False, got {value!r}')
         if not isinstance(compile, (bool, dict)):
             raise TypeError(f'compile must be True/False or a dict of torch.compile arguments, '
                             f'got {compile!r}')
@@ -137,7 +140,7 @@ class MetaFormerBackbone(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.with_cp = with_cp
-        self.channels_last = bool(channels_last)
+        self.channels_last = channels_last
         self.lean_training = lean_training
         self.compile_cfg: Optional[dict] = (dict(compile) if isinstance(compile, dict)
                                             else {} if compile else None)
@@ -166,10 +169,33 @@ class MetaFormerBackbone(BaseModule):
             with torch.no_grad():
                 for p in scales:
                     p.fill_(float(layer_scale_init_value))
-        if self.channels_last:
-            # Loading (load_state_dict copies in place) and initialisation keep this layout.
-            self.to(memory_format=torch.channels_last)
+        self._match_weight_layout()
         self._freeze_stages()
+
+    def _nhwc(self, device_type: str) -> bool:
+        """Whether the stem and stages run channels-last on this device type."""
+        if self.channels_last is not None:
+            return self.channels_last
+        return device_type == 'cpu' or self.lean_training is True
+
+    def _match_weight_layout(self) -> None:
+        # Convolution weights in the layout the forward runs in: a channels-last weight would
+        # make cuDNN run an NCHW input channels-last too. Loading (load_state_dict copies in
+        # place) and initialisation keep the layout.
+        first = next(self.parameters(), None)
+        if first is None:
+            return
+        fmt = (torch.channels_last if self._nhwc(first.device.type)
+               else torch.contiguous_format)
+        super()._apply(lambda t: t.contiguous(memory_format=fmt) if t.dim() == 4 else t)
+
+    def _apply(self, fn, *args, **kwargs):
+        # .to(device) / .cuda() / .cpu() / .half() ...: with channels_last=None the layout
+        # follows the device the weights land on.
+        out = super()._apply(fn, *args, **kwargs)
+        if getattr(self, 'channels_last', False) is None:
+            self._match_weight_layout()
+        return out
 
     # ------------------------------------------------------------------------------------------
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
@@ -198,9 +224,12 @@ class MetaFormerBackbone(BaseModule):
         # recomputation); timm's modules otherwise. With autograd, the memory-lean blocks
         # (any device, see lean_training). Decided once per call: a hook on the stem must see an
         # output that stage 0 does not overwrite.
-        unobserved = (self.channels_last and not (self.with_cp and torch.is_grad_enabled())
+        # The weights' device, not x's: under torch.fx, x (and a parameter reached as an
+        # attribute) is a proxy that cannot be branched on.
+        nhwc = self._nhwc(next(self.parameters()).device.type)
+        unobserved = (nhwc and not (self.with_cp and torch.is_grad_enabled())
                       and not fast_path.observed(self))
-        if self.channels_last:
+        if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
         # `unobserved` first: under torch.fx, x is a proxy whose device cannot be branched on.
@@ -294,55 +323,9 @@ class MetaFormerBackbone(BaseModule):
     def fit_weights(self, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
         """Do these backbone weights (any supported layout) fit this backbone's architecture?
 
-        The one answer to that question: loading pretrained weights, :func:`find_arch` and
-        ``tools/convert_checkpoint.py`` all ask it here. The weights fit when every shape
-        matches, every weight of the stem and built stages is there (the output norms may be
-        missing: ImageNet checkpoints have none), and the stem and built stages have no extra
-        weights (those mean a deeper arch, e.g. S24 weights for S12). Weights of stages that
-        ``out_indices`` leave unbuilt, and keys outside the backbone's modules, are unexpected
-        but fit.
-
-        Args:
-            state_dict: Backbone weights without a ``backbone.`` or ``module.`` prefix.
-
-        Returns:
-            The converted weights, the missing and unexpected keys, and the problem if any.
-
-        Raises:
-            CheckpointError: Not a MetaFormer layout, or integer weights where floats belong.
+        See :func:`metaformer_dense.weights_fit.fit_weights`, the one answer to that question.
         """
-        own = self.state_dict()
-        conv = convert_state_dict(state_dict, reference=own)
-        sd = conv.state_dict
-        missing = [k for k in own if k not in sd]
-        unexpected = [k for k in sd if k not in own]
-        fit = WeightsFit(conv, missing, unexpected)
-        shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
-                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
-        body_missing = [k for k in missing if not k.startswith('out_norms.')]
-        built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(self.stages)))
-        extra = [k for k in unexpected if k.startswith(built)]
-        if shapes:
-            lines = '; '.join(f'{k}: checkpoint {s} vs model {m}' for k, s, m in shapes[:3])
-            fit.problem = (f'does not fit {self.arch}: {len(shapes)} shape mismatches ({lines}); '
-                           f'{self._describe(sd)}')
-        elif body_missing:
-            fit.problem = (f'lacks {len(body_missing)} backbone weights of {self.arch} '
-                           f'(first: {body_missing[:3]}); {self._describe(sd)}')
-        elif extra:
-            fit.problem = (f'has {len(extra)} weights {self.arch} does not have '
-                           f'(first: {extra[:3]}); {self._describe(sd)}')
-        return fit
-
-    def _describe(self, sd: Dict[str, torch.Tensor]) -> str:
-        depths = []
-        for i in range(4):
-            blocks = {k.split('.')[3] for k in sd if k.startswith(f'stages.{i}.blocks.')}
-            depths.append(len(blocks))
-        dims = sd['stem.conv.weight'].shape[0] if 'stem.conv.weight' in sd else '?'
-        return (f'the checkpoint has stage depths {tuple(depths)} and stem width {dims}; '
-                f'{self.arch} has depths {self.depths} and widths {self.dims}: '
-                'is it a checkpoint for another arch?')
+        return weights_fit.fit_weights(self, state_dict)
 
     # ------------------------------------------------------------------------------------------
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys,
@@ -369,32 +352,3 @@ class MetaFormerBackbone(BaseModule):
                     state_dict[prefix + k] = local[k]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
                                       unexpected_keys, error_msgs)
-
-
-# ----------------------------------------------------------------------------------------------
-def find_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name the timm MetaFormer architecture whose weights ``state_dict`` holds exactly.
-
-    Args:
-        state_dict: Backbone weights in any supported layout, without a ``backbone.`` prefix.
-
-    Raises:
-        CheckpointError: No architecture fits exactly (or the weights are not a MetaFormer's).
-    """
-    plain = convert_state_dict(state_dict).state_dict
-    if any('.token_mixer.qkv.' in k for k in plain):
-        family = 'caformer_'
-    elif any('.token_mixer.pwconv1.' in k for k in plain):
-        family = 'convformer_'
-    else:
-        fc1 = plain.get('stages.0.blocks.0.mlp.fc1.weight')
-        family = 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
-    for arch in (a for a in ARCHS if a.startswith(family)):
-        with torch.device('meta'):  # shapes and dtypes only, no memory
-            candidate = MetaFormerBackbone(arch)
-        fit = candidate.fit_weights(state_dict)
-        if fit.fits and not fit.unexpected:
-            return arch
-    raise CheckpointError(
-        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
-        'keys or shapes differ')

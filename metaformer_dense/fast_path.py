@@ -176,6 +176,28 @@ def _residual_(x: torch.Tensor, res_scale: Optional[torch.Tensor],
         x.add_(branch)
 
 
+def mlp_forward_chunks(y, w1, b1, w2, b2, act: Tuple, star_scale, star_bias, rows: int):
+    """``fc2(act(fc1(y)))`` on a ``(M, C)`` matrix, ``rows`` rows at a time.
+
+    Returns ``(pre, out)``: fc1's output (what backward keeps) and the MLP's output.
+    """
+    m, hidden = y.shape[0], w1.shape[0]
+    pre = y.new_empty(m, hidden)
+    out = y.new_empty(m, w2.shape[0])
+    for s in range(0, m, rows):
+        a = pre[s:s + rows]
+        if b1 is not None:
+            torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
+        else:
+            torch.mm(y[s:s + rows], w1.t(), out=a)
+        g = _act_forward(act, a, star_scale, star_bias)
+        if b2 is not None:
+            torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
+        else:
+            torch.mm(g, w2.t(), out=out[s:s + rows])
+    return pre, out
+
+
 def mlp_backward_chunks(y, pre, d, w1, w2, act: Tuple, star_scale, star_bias, rows: int,
                         need_e: bool, need_w1: bool, need_b1: bool, need_ss: bool,
                         need_sb: bool, need_y: bool):
@@ -249,20 +271,7 @@ class _ChunkedMlp(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, y, w1, b1, w2, b2, star_scale, star_bias, act: Tuple, rows: int):
-        m, hidden = y.shape[0], w1.shape[0]
-        pre = y.new_empty(m, hidden)  # fc1 output, kept for backward
-        out = y.new_empty(m, w2.shape[0])
-        for s in range(0, m, rows):
-            a = pre[s:s + rows]
-            if b1 is not None:
-                torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
-            else:
-                torch.mm(y[s:s + rows], w1.t(), out=a)
-            g = _act_forward(act, a, star_scale, star_bias)
-            if b2 is not None:
-                torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
-            else:
-                torch.mm(g, w2.t(), out=out[s:s + rows])
+        pre, out = mlp_forward_chunks(y, w1, b1, w2, b2, act, star_scale, star_bias, rows)
         ctx.save_for_backward(y, pre, w1, w2, star_scale, star_bias)
         ctx.act, ctx.rows = act, rows
         return out

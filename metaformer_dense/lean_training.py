@@ -17,7 +17,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from .fast_path import (_act_forward, _act_spec, _chunk_rows, _matrix, _residual_, _scale,
-                        _supported_block, _weights, mlp_backward_chunks)
+                        _supported_block, _weights, mlp_backward_chunks, mlp_forward_chunks)
 
 __all__ = ['lean_applies', 'stage_forward_lean']
 
@@ -92,20 +92,7 @@ class _LeanBlock(torch.autograd.Function):
         b1, b2 = mlp.fc1.bias, mlp.fc2.bias
         x1 = _mixer_half(block, x, masks[0])
         y = _matrix(block.norm2(x1).contiguous(memory_format=torch.channels_last))
-        m, hidden = y.shape[0], w1.shape[0]
-        pre = y.new_empty(m, hidden)  # fc1 output, kept for backward
-        out = y.new_empty(m, w2.shape[0])
-        for s in range(0, m, rows):
-            a = pre[s:s + rows]
-            if b1 is not None:
-                torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
-            else:
-                torch.mm(y[s:s + rows], w1.t(), out=a)
-            g = _act_forward(act, a, star_scale, star_bias)
-            if b2 is not None:
-                torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
-            else:
-                torch.mm(g, w2.t(), out=out[s:s + rows])
+        pre, out = mlp_forward_chunks(y, w1, b1, w2, b2, act, star_scale, star_bias, rows)
         del y
         n, c, hh, ww = x1.shape
         branch = out.view(n, hh, ww, c)

@@ -1,4 +1,8 @@
-"""Shared test helpers: backbones whose every block changes the result."""
+"""Shared test helpers: backbones whose every block changes the result, the same weights through
+timm's modules, and counting which code path ran."""
+import copy
+from typing import Callable, List
+
 import torch
 
 from metaformer_dense import MetaFormerBackbone
@@ -19,3 +23,31 @@ def randomized(arch: str, seed: int = 1, **kw) -> MetaFormerBackbone:
             else:
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
     return model
+
+
+def timm_modules_copy(model: MetaFormerBackbone) -> MetaFormerBackbone:
+    """The same weights through timm's modules (the stock NCHW path, no CPU fast path)."""
+    ref = copy.deepcopy(model)
+    ref.channels_last = False
+    return ref
+
+
+def record_calls(monkeypatch, owner, name: str,
+                 what: Callable = lambda first, *rest: first) -> List:
+    """Wrap ``owner.name`` (a function or a method) so that each call appends
+    ``what(*args)`` to the returned list; monkeypatch undoes it after the test."""
+    calls = []
+    real = getattr(owner, name)
+
+    def recording(*args, **kwargs):
+        calls.append(what(*args))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, recording)
+    return calls
+
+
+def small_chunks(monkeypatch) -> None:
+    """Several MLP row chunks per stage at the tests' sizes, the last one partial."""
+    from metaformer_dense import fast_path
+    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)

@@ -1,4 +1,5 @@
-"""The backbone's channels-last default: same numbers as NCHW, NCHW outputs, layout kept on load."""
+"""The backbone's memory layout: channels-last on CPU, NCHW elsewhere; same numbers either way,
+NCHW outputs, layout kept on load."""
 import copy
 
 import pytest
@@ -42,6 +43,27 @@ def test_channels_last_gradients_match_nchw():
         grads.append(named)
     for name, p in grads[0].items():
         torch.testing.assert_close(p.grad, grads[1][name].grad, atol=1e-4, rtol=1e-3)
+
+
+def test_default_layout_follows_the_device():
+    def layout(m):
+        w = m.stem.conv.weight  # 7x7 (1x1 weights are both layouts at once)
+        return 'NHWC' if w.is_contiguous(memory_format=torch.channels_last) else 'NCHW'
+
+    auto = MetaFormerBackbone('poolformer_s12')
+    assert layout(auto) == 'NHWC' and auto._nhwc('cpu')
+    # Any move (.cuda(), .to(device)) re-lays the weights out for the new device; the meta
+    # device stands in for CUDA here (tests/test_gpu.py checks .cuda() itself).
+    assert layout(auto.to('meta')) == 'NCHW' and not auto._nhwc('meta')
+    outs = auto(torch.empty(1, 3, 64, 96, device='meta'))
+    assert [o.shape[1] for o in outs] == [64, 128, 320, 512]
+    assert layout(auto.to_empty(device='cpu')) == 'NHWC'
+    # Forced layouts stay put; lean blocks need NHWC, so lean_training=True picks it everywhere.
+    assert layout(MetaFormerBackbone('poolformer_s12', channels_last=True).to('meta')) == 'NHWC'
+    assert layout(MetaFormerBackbone('poolformer_s12', channels_last=False)) == 'NCHW'
+    assert layout(MetaFormerBackbone('poolformer_s12', lean_training=True).to('meta')) == 'NHWC'
+    with pytest.raises(TypeError, match='channels_last must be None'):
+        MetaFormerBackbone('poolformer_s12', channels_last='yes')
 
 
 def test_layout_survives_state_dict_loading_and_checkpointing():

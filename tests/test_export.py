@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+import backbone_helpers as helpers
 from backbone_helpers import randomized
 from metaformer_dense import fast_path
 from conftest import load_script
@@ -39,21 +40,13 @@ def _assert_matches(outs, expected, what):
 
 @pytest.fixture
 def small_chunks(monkeypatch):
-    # Several MLP row chunks per stage at these sizes, so a recorded chunk loop would show.
-    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+    # Several MLP row chunks per stage, so a recorded chunk loop would show.
+    helpers.small_chunks(monkeypatch)
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    calls = []
-    real = fast_path.stage_forward
-
-    def counting(stage, x):
-        calls.append(stage)
-        return real(stage, x)
-
-    monkeypatch.setattr(fast_path, 'stage_forward', counting)
-    return calls
+    return helpers.record_calls(monkeypatch, fast_path, 'stage_forward')
 
 
 def _onnx_session(path):

@@ -1,5 +1,4 @@
 """The backbone's CPU path (metaformer_dense/fast_path.py) computes what timm's modules compute."""
-import copy
 
 import pytest
 import torch
@@ -7,37 +6,23 @@ import torch
 from timm.models.metaformer import MetaFormerStage
 from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 
-from backbone_helpers import randomized as _randomized
+import backbone_helpers as helpers
+from backbone_helpers import randomized as _randomized, timm_modules_copy as _reference
 from metaformer_dense import MetaFormerBackbone, fast_path
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
 ARCHS = ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18', 'caformer_s18']
 
 
-def _reference(model):
-    """The same weights through timm's modules (the stock NCHW path)."""
-    ref = copy.deepcopy(model)
-    ref.channels_last = False
-    return ref
-
-
 @pytest.fixture
 def small_chunks(monkeypatch):
-    # Several MLP chunks per stage at this input size, the last one partial.
-    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+    helpers.small_chunks(monkeypatch)
 
 
 @pytest.fixture
 def spy(monkeypatch):
-    calls = []
-    real = fast_path.stage_forward
-
-    def counting(stage, x):
-        calls.append(torch.is_grad_enabled())
-        return real(stage, x)
-
-    monkeypatch.setattr(fast_path, 'stage_forward', counting)
-    return calls
+    return helpers.record_calls(monkeypatch, fast_path, 'stage_forward',
+                                lambda *_: torch.is_grad_enabled())
 
 
 @pytest.mark.parametrize('arch', ARCHS)
@@ -94,15 +79,7 @@ def test_stochastic_depth_and_train_mode_use_timm_modules(small_chunks):
 @pytest.fixture
 def timm_stage_calls(monkeypatch):
     """Stages run through timm's ``MetaFormerStage.forward`` (the modules, not the CPU path)."""
-    calls = []
-    real = MetaFormerStage.forward
-
-    def counting(self, x):
-        calls.append(self)
-        return real(self, x)
-
-    monkeypatch.setattr(MetaFormerStage, 'forward', counting)
-    return calls
+    return helpers.record_calls(monkeypatch, MetaFormerStage, 'forward')
 
 
 def test_falls_back_where_it_does_not_apply(spy):

@@ -1,35 +1,19 @@
 """The memory-lean training blocks (fast_path.stage_forward_lean) give timm's gradients and keep
 at most half of what timm's modules keep for backward."""
-import copy
-
 import pytest
 import torch
 
-from backbone_helpers import randomized as _randomized
+import backbone_helpers as helpers
+from backbone_helpers import randomized as _randomized, timm_modules_copy as _timm_modules
 from metaformer_dense import fast_path
 from metaformer_dense.memory import saved_tensor_bytes
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
 
 
-def _timm_modules(model):
-    """The same weights through timm's modules (the stock NCHW path)."""
-    ref = copy.deepcopy(model)
-    ref.channels_last = False
-    return ref
-
-
 @pytest.fixture
 def lean_calls(monkeypatch):
-    calls = []
-    real = fast_path.stage_forward_lean
-
-    def counting(stage, x):
-        calls.append(stage)
-        return real(stage, x)
-
-    monkeypatch.setattr(fast_path, 'stage_forward_lean', counting)
-    return calls
+    return helpers.record_calls(monkeypatch, fast_path, 'stage_forward_lean')
 
 
 def _loss(outs):
