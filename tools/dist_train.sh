@@ -3,6 +3,8 @@
 # Usage: tools/dist_train.sh CONFIG GPUS [train.py args...]
 # On a machine without CUDA the processes train on CPU with the gloo backend.
 # Multi-node: set NNODES, NODE_RANK and MASTER_ADDR on every node; PORT picks the rendezvous port.
+# MAX_RESTARTS (default 0): torchrun restarts all workers up to this many times when one dies, and
+# the restarted workers resume from the newest complete checkpoint in the work dir by themselves.
 # PYTHON picks the interpreter (default: the repository's .venv if present, else python).
 set -euo pipefail
 if [ $# -lt 2 ]; then
@@ -18,5 +20,5 @@ fi
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m torch.distributed.run \
     --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
     --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
-    --nproc_per_node="$GPUS" \
+    --nproc_per_node="$GPUS" --max_restarts="${MAX_RESTARTS:-0}" \
     "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"
