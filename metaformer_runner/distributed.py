@@ -12,6 +12,7 @@ all its work is done, failing a finished job. :func:`teardown_distributed` ends 
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import subprocess
@@ -114,6 +115,12 @@ def teardown_distributed() -> None:
     Without it, a rank that exits after its peer (gloo on CPU; seen at the end of a 2-process
     run in about one run in 15, and in a third of runs of a 30-line gloo script) is killed by
     SIGABRT at interpreter shutdown, and torchrun reports the whole job failed.
+
+    ``destroy_process_group`` only drops torch's own references: the gloo threads stop when
+    the last holder lets go, and DDP (the Runner's model wrapper) is one. Drop the Runner
+    first; the garbage collection here frees it (it sits in reference cycles with its loops).
     """
+    gc.collect()
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    gc.collect()

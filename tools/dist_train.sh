@@ -17,8 +17,17 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 if [ -z "${PYTHON:-}" ]; then
     if [ -x "$ROOT/.venv/bin/python" ]; then PYTHON="$ROOT/.venv/bin/python"; else PYTHON=python; fi
 fi
+MAX_RESTARTS=${MAX_RESTARTS:-0}
+if [ "$MAX_RESTARTS" -gt 0 ]; then
+    # Static rendezvous keeps one store across restarts, and restarted workers read the dead
+    # attempt's addresses from it (gloo: "connectFullMesh failed ... Connection refused"); c10d
+    # rendezvous starts each attempt on a fresh store. It numbers the nodes itself (NODE_RANK unused).
+    RDZV=(--rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${PORT:-29500}"
+          --max-restarts="$MAX_RESTARTS")
+else
+    RDZV=(--node_rank="${NODE_RANK:-0}" --master_addr="${MASTER_ADDR:-127.0.0.1}"
+          --master_port="${PORT:-29500}")
+fi
 PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}" exec "$PYTHON" -m torch.distributed.run \
-    --nnodes="${NNODES:-1}" --node_rank="${NODE_RANK:-0}" \
-    --master_addr="${MASTER_ADDR:-127.0.0.1}" --master_port="${PORT:-29500}" \
-    --nproc_per_node="$GPUS" --max_restarts="${MAX_RESTARTS:-0}" \
+    --nnodes="${NNODES:-1}" "${RDZV[@]}" --nproc_per_node="$GPUS" \
     "$ROOT/tools/train.py" "$CONFIG" --launcher pytorch "${@:3}"

@@ -118,6 +118,7 @@ def main() -> None:
         dump.dataset_meta = runner.test_evaluator.dataset_meta
         runner.test_evaluator.metrics.append(dump)
     runner.test()
+    del runner  # its DDP wrapper holds the process group
     teardown_distributed()  # an exit with live gloo threads can abort (SIGABRT)
 
 

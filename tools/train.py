@@ -10,6 +10,10 @@ the last complete one. Examples:
     python tools/train.py CONFIG --resume work_dirs/x/epoch_4.pth
     python tools/train.py CONFIG --cfg-options train_dataloader.dataset.data_root=/data/coco/
     tools/dist_train.sh CONFIG 8 --auto-scale-lr           # 8 processes (GPUs, or CPU with gloo)
+    MAX_RESTARTS=3 tools/dist_train.sh CONFIG 8            # a dead worker: restart, resume
+
+Every run stops with a named cause at a sample that cannot be loaded or a NaN/infinite loss
+(metaformer_runner/faults.py).
 """
 import argparse
 import os
@@ -120,13 +124,16 @@ def main() -> None:
     use_atomic_checkpoints(cfg)
     use_fault_hooks(cfg)  # bad samples and NaN losses stop the run with a named cause
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    error = None
     try:
         runner.train()
     except (BadSampleError, NonFiniteLossError) as err:
         runner.logger.error(str(err))
-        sys.exit(f'error: {err}')
-    finally:
-        teardown_distributed()  # an exit with live gloo threads can abort (SIGABRT)
+        error = f'error: {err}'
+    del runner  # its DDP wrapper holds the process group; teardown must be its last holder
+    teardown_distributed()  # an exit with live gloo threads can abort (SIGABRT)
+    if error:
+        sys.exit(error)
 
 
 if __name__ == '__main__':
