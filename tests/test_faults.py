@@ -26,7 +26,12 @@ from metaformer_runner.faults import elastic_resume_checkpoint, use_fault_hooks
 SEG_CFG = REPO / 'tests/configs/semantic_fpn_poolformer_s12_tools.py'
 #: dist_train.sh runs this interpreter, whatever checkout or venv the tests run from.
 ENV = dict(CPU_ENV, PYTHON=sys.executable)
-TIMEOUT = 900  # 2 shared cores: a 2-process run with a restart takes minutes under load
+#: Seconds a whole job may take (2 shared cores under load: a minute or two). Past it the job
+#: is killed and the test fails naming the hang, instead of waiting out gloo's 30 minutes.
+TIMEOUT = 300
+#: gloo's timeout for a collective or a connection, so that a rank waiting on a dead or wedged
+#: peer fails inside the job in minutes (mmengine's default is 30 minutes).
+GLOO_TIMEOUT = ['--cfg-options', 'env_cfg.dist_cfg.timeout=120']
 
 
 def free_port() -> int:
@@ -63,8 +68,57 @@ def worker_pids(agent_pid: int) -> dict:
     return ranks
 
 
+def descendants(pid: int) -> list:
+    """Every process below ``pid`` (torchrun's workers run in sessions of their own)."""
+    try:
+        children = Path(f'/proc/{pid}/task/{pid}/children').read_text().split()
+    except FileNotFoundError:
+        return []
+    return [p for child in map(int, children) for p in (child, *descendants(child))]
+
+
+def start_job(log: Path, *args, env: dict) -> subprocess.Popen:
+    """``tools/dist_train.sh ARGS`` in the background, its output going to ``log``."""
+    with open(log, 'w') as out:
+        return subprocess.Popen(['tools/dist_train.sh', *map(str, args)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+
+
+def stop_job(proc: subprocess.Popen) -> None:
+    """SIGKILL a job's agent and all its workers, if still running (nothing is left behind)."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+
+
+def wait_job(proc: subprocess.Popen, log: Path, timeout: float = TIMEOUT) -> int:
+    """The job's exit code; a job still running after ``timeout`` s is killed and fails the test."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        alive = [proc.pid, *descendants(proc.pid)]
+        for pid in alive[1:]:  # tools/train.py prints every thread's stack on SIGUSR1
+            os.kill(pid, signal.SIGUSR1)
+        time.sleep(3)
+        stop_job(proc)
+        pytest.fail(f'dist_train.sh hung: still running after {timeout:.0f} s (processes '
+                    f'{alive} killed). Log tail:\n{log.read_text()[-8000:]}', pytrace=False)
+
+
+@pytest.fixture
+def jobs():
+    """Jobs a test starts; any still running when it ends (a failed assertion) are killed."""
+    started = []
+    yield started
+    for proc in started:
+        stop_job(proc)
+
+
 # ----------------------------------------------------------------------------- elastic restart
-def test_killed_worker_restarts_resumes_and_matches_uninterrupted_run(tmp_path):
+def test_killed_worker_restarts_resumes_and_matches_uninterrupted_run(tmp_path, jobs):
     """SIGKILL rank 1 after the first checkpoint; torchrun restarts both, they resume.
 
     The final weights must be bit-identical to an uninterrupted run: the tiny config has no
@@ -73,25 +127,25 @@ def test_killed_worker_restarts_resumes_and_matches_uninterrupted_run(tmp_path):
     checkpoint, and the gloo all-reduce of two ranks adds the same two numbers either way. Any
     difference would mean the resume lost state, so no tolerance is allowed.
     """
-    args = [DET_CFG, 2]  # the config's seed (0) for both runs
-    reference = tmp_path / 'reference'
-    run_script('tools/dist_train.sh', *args[:2], '--work-dir', reference, *args[2:],
-               env=dict(ENV, PORT=str(free_port())), timeout=TIMEOUT)
+    reference = tmp_path / 'reference'  # the config's seed (0) for both runs
+    jobs.append(start_job(tmp_path / 'reference.log', DET_CFG, 2, '--work-dir', reference,
+                          *GLOO_TIMEOUT, env=dict(ENV, PORT=str(free_port()))))
+    rc = wait_job(jobs[-1], tmp_path / 'reference.log')
+    assert rc == 0, (tmp_path / 'reference.log').read_text()[-4000:]
 
     work = tmp_path / 'killed'
     env = dict(ENV, PORT=str(free_port()), MAX_RESTARTS='1')
-    with open(tmp_path / 'killed.log', 'w') as log:
-        proc = subprocess.Popen(
-            ['tools/dist_train.sh', *map(str, args[:2]), '--work-dir', str(work),
-             *map(str, args[2:])], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.time() + TIMEOUT
-        while not (work / 'iter_2.pth').exists() and proc.poll() is None:
-            assert time.time() < deadline, 'no first checkpoint in time'
-            time.sleep(0.05)
-        assert proc.poll() is None, (tmp_path / 'killed.log').read_text()[-3000:]
-        killed = worker_pids(proc.pid)[1]
-        os.kill(killed, signal.SIGKILL)
-        rc = proc.wait(timeout=TIMEOUT)
+    proc = start_job(tmp_path / 'killed.log', DET_CFG, 2, '--work-dir', work, *GLOO_TIMEOUT,
+                     env=env)
+    jobs.append(proc)
+    deadline = time.time() + TIMEOUT
+    while not (work / 'iter_2.pth').exists() and proc.poll() is None:
+        assert time.time() < deadline, f'no first checkpoint in {TIMEOUT} s'
+        time.sleep(0.05)
+    assert proc.poll() is None, (tmp_path / 'killed.log').read_text()[-3000:]
+    killed = worker_pids(proc.pid)[1]
+    os.kill(killed, signal.SIGKILL)
+    rc = wait_job(proc, tmp_path / 'killed.log')
     log = (tmp_path / 'killed.log').read_text()
     assert rc == 0, log[-4000:]
     assert f'failed (exitcode: -9) local_rank: 1 (pid: {killed})' in log  # torchrun saw it
@@ -118,7 +172,7 @@ def test_elastic_resume_takes_newest_complete_checkpoint_not_a_stale_pointer(tmp
 
 
 # ----------------------------------------------------------------------------- two nodes
-def test_two_single_process_nodes_on_loopback(tmp_path):
+def test_two_single_process_nodes_on_loopback(tmp_path, jobs):
     """NNODES=2 and NODE_RANK 0/1 on 127.0.0.1, as two machines without Slurm would run it.
 
     Both "nodes" train on the same single image (a 1-image dataset is padded to both ranks),
@@ -126,19 +180,15 @@ def test_two_single_process_nodes_on_loopback(tmp_path):
     ``log_level=DEBUG`` makes mmengine write one log per rank (``..._rank0.log``, ``_rank1``).
     """
     port = str(free_port())
-    opts = ['--cfg-options', 'train_dataloader.dataset.indices=1', 'train_cfg.max_iters=2',
+    opts = [*GLOO_TIMEOUT, 'train_dataloader.dataset.indices=1', 'train_cfg.max_iters=2',
             'train_cfg.val_interval=100', 'log_level=DEBUG']
-    procs = []
     for node in (0, 1):
         env = dict(ENV, NNODES='2', NODE_RANK=str(node), MASTER_ADDR='127.0.0.1', PORT=port)
-        log = open(tmp_path / f'node{node}.log', 'w')
-        procs.append(subprocess.Popen(
-            ['tools/dist_train.sh', str(DET_CFG), '1', '--work-dir', str(tmp_path / 'work'),
-             *opts], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT))
-    for proc in procs:
-        proc.wait(timeout=TIMEOUT)
+        jobs.append(start_job(tmp_path / f'node{node}.log', DET_CFG, 1, '--work-dir',
+                              tmp_path / 'work', *opts, env=env))
+    codes = [wait_job(proc, tmp_path / f'node{node}.log') for node, proc in enumerate(jobs)]
     logs = [(tmp_path / f'node{node}.log').read_text() for node in (0, 1)]
-    assert [p.returncode for p in procs] == [0, 0], '\n----\n'.join(l[-3000:] for l in logs)
+    assert codes == [0, 0], '\n----\n'.join(l[-3000:] for l in logs)
     assert 'Distributed training: True' in logs[0] and 'GPU number: 2' in logs[0]  # world size
     assert load_checkpoint(tmp_path / 'work/iter_2.pth')['meta']['iter'] == 2
 

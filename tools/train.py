@@ -16,8 +16,10 @@ Every run stops with a named cause at a sample that cannot be loaded or a NaN/in
 (metaformer_runner/faults.py).
 """
 import argparse
+import faulthandler
 import os
 import os.path as osp
+import signal
 import sys
 
 from mmengine.config import DictAction  # light; the heavy imports wait until after --help
@@ -106,6 +108,7 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
 
 def main() -> None:
     args = parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where it hangs
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
