@@ -19,9 +19,14 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 MAX_RESTARTS=${MAX_RESTARTS:-0}
 if [ "$MAX_RESTARTS" -gt 0 ]; then
-    # Static rendezvous keeps one store across restarts, and restarted workers read the dead
-    # attempt's addresses from it (gloo: "connectFullMesh failed ... Connection refused"); c10d
-    # rendezvous starts each attempt on a fresh store. It numbers the nodes itself (NODE_RANK unused).
+    # Restarted workers must meet on a store the dead attempt never wrote to. Otherwise a restarted
+    # rank reads its peer's dead address (gloo: "connectFullMesh failed ... Connection refused";
+    # nccl: the old unique id, pytorch#135712) before the peer has rewritten it: the restart
+    # fails, or (where that address answers again) it can wait out the process group timeout.
+    # torchrun's static rendezvous and, by default, its c10d rendezvous both hand every attempt
+    # the agent's one store, with keys unprefixed; c10d with TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
+    # has rank 0 host a new store on a new free port each attempt. c10d numbers the nodes itself.
+    export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
     RDZV=(--rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR:-127.0.0.1}:${PORT:-29500}"
           --max-restarts="$MAX_RESTARTS")
 else
