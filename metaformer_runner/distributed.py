@@ -3,10 +3,16 @@
 mmengine's launcher calls ``torch.cuda.set_device`` unconditionally and defaults to nccl, so
 multi-process runs cannot start on a CPU-only machine; :func:`setup_distributed` starts a gloo
 process group itself there (the Runner then finds it initialised and keeps it).
+
+Neither mmengine nor torch tears the process group down when a run ends: each process exits
+with its gloo threads still running, and a process whose peer has already closed the
+connection can die in C++ (``terminate called without an active exception``, SIGABRT) after
+all its work is done, failing a finished job. :func:`teardown_distributed` ends it cleanly.
 """
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import subprocess
@@ -17,7 +23,7 @@ import torch.distributed as dist
 from mmengine.config import Config, ConfigDict
 from mmengine.logging import print_log
 
-__all__ = ['setup_distributed']
+__all__ = ['setup_distributed', 'teardown_distributed']
 
 
 def _env_int(name: str) -> int:
@@ -101,3 +107,20 @@ def setup_distributed(cfg: Config, launcher: str) -> None:
         timeout = dist_cfg.get('timeout')
         kwargs = {} if timeout is None else dict(timeout=datetime.timedelta(seconds=timeout))
         dist.init_process_group('gloo', rank=rank, world_size=world_size, **kwargs)
+
+
+def teardown_distributed() -> None:
+    """Destroy the default process group, if any, before the process exits.
+
+    Without it, a rank that exits after its peer (gloo on CPU; seen at the end of a 2-process
+    run in about one run in 15, and in a third of runs of a 30-line gloo script) is killed by
+    SIGABRT at interpreter shutdown, and torchrun reports the whole job failed.
+
+    ``destroy_process_group`` only drops torch's own references: the gloo threads stop when
+    the last holder lets go, and DDP (the Runner's model wrapper) is one. Drop the Runner
+    first; the garbage collection here frees it (it sits in reference cycles with its loops).
+    """
+    gc.collect()
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()

@@ -139,7 +139,7 @@ def test_test_tool_dumps_and_draws_detections(resumed_run, tmp_path):
 
 
 def test_dist_train_two_cpu_processes(tmp_path):
-    env = dict(ENV, PORT=str(free_port()))
+    env = dict(ENV, PORT=str(free_port()), PYTHON=sys.executable)  # this checkout's venv or not
     proc = run('tools/dist_train.sh', DET_CFG, 2, '--work-dir', tmp_path, '--cfg-options',
                'train_cfg.max_iters=2', 'train_cfg.val_interval=2',
                'model.test_cfg.score_thr=0.0', env=env)  # an untrained model scores low

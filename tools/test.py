@@ -86,7 +86,7 @@ def main() -> None:
 
     from metaformer_dense.checkpoint import CheckpointError, read_checkpoint
     from metaformer_runner import (DumpSegResults, check_dataset_paths, load_config,
-                                   load_model_strictly, setup_distributed)
+                                   load_model_strictly, setup_distributed, teardown_distributed)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
@@ -118,6 +118,8 @@ def main() -> None:
         dump.dataset_meta = runner.test_evaluator.dataset_meta
         runner.test_evaluator.metrics.append(dump)
     runner.test()
+    del runner  # its DDP wrapper holds the process group
+    teardown_distributed()  # an exit with live gloo threads can abort (SIGABRT)
 
 
 if __name__ == '__main__':

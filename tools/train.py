@@ -10,10 +10,16 @@ the last complete one. Examples:
     python tools/train.py CONFIG --resume work_dirs/x/epoch_4.pth
     python tools/train.py CONFIG --cfg-options train_dataloader.dataset.data_root=/data/coco/
     tools/dist_train.sh CONFIG 8 --auto-scale-lr           # 8 processes (GPUs, or CPU with gloo)
+    MAX_RESTARTS=3 tools/dist_train.sh CONFIG 8            # a dead worker: restart, resume
+
+Every run stops with a named cause at a sample that cannot be loaded or a NaN/infinite loss
+(metaformer_runner/faults.py).
 """
 import argparse
+import faulthandler
 import os
 import os.path as osp
+import signal
 import sys
 
 from mmengine.config import DictAction  # light; the heavy imports wait until after --help
@@ -60,6 +66,7 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
     from mmengine.logging import print_log
 
     from metaformer_runner import find_resumable_checkpoint
+    from metaformer_runner.faults import elastic_restart_count, elastic_resume_checkpoint
 
     cfg.launcher = args.launcher
     cfg.work_dir = (args.work_dir or cfg.get('work_dir')
@@ -91,15 +98,23 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
         if '://' not in args.resume and not osp.isfile(args.resume):
             raise ValueError(f'--resume: checkpoint not found: {args.resume}')
         cfg.resume, cfg.load_from = True, args.resume
+    if elastic_restart_count() > 0:  # torchrun restarted the workers (MAX_RESTARTS > 0)
+        checkpoint = elastic_resume_checkpoint(cfg.work_dir)
+        print_log(f'Elastic restart {elastic_restart_count()}: resuming from '
+                  f"{checkpoint or 'the start (no complete checkpoint yet)'}.", logger='current')
+        if checkpoint is not None:
+            cfg.resume, cfg.load_from = True, checkpoint
 
 
 def main() -> None:
     args = parse_args()
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where it hangs
     from mmengine.registry import RUNNERS
     from mmengine.runner import Runner
 
     from metaformer_runner import (check_dataset_paths, load_config, setup_distributed,
-                                   use_atomic_checkpoints)
+                                   teardown_distributed, use_atomic_checkpoints)
+    from metaformer_runner.faults import BadSampleError, NonFiniteLossError, use_fault_hooks
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
@@ -110,8 +125,18 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     use_atomic_checkpoints(cfg)
+    use_fault_hooks(cfg)  # bad samples and NaN losses stop the run with a named cause
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    error = None
+    try:
+        runner.train()
+    except (BadSampleError, NonFiniteLossError) as err:
+        runner.logger.error(str(err))
+        error = f'error: {err}'
+    del runner  # its DDP wrapper holds the process group; teardown must be its last holder
+    teardown_distributed()  # an exit with live gloo threads can abort (SIGABRT)
+    if error:
+        sys.exit(error)
 
 
 if __name__ == '__main__':
