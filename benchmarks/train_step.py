@@ -5,7 +5,9 @@ The record behind two defaults of :class:`metaformer_dense.MetaFormerBackbone` o
 For each arch, on the same random weights and the same batch:
 
 * ``lean (NHWC)``: ``lean_training=True`` (it needs channels-last);
-* ``timm modules (NHWC)``: ``lean_training=False``, channels-last;
+* ``default``: the backbone as configs build it (NHWC and lean blocks on CPU, NCHW and timm's
+  modules on CUDA);
+* ``timm modules (NHWC)``: ``lean_training=False, channels_last=True``;
 * ``timm modules (NCHW)``: ``lean_training=False, channels_last=False``;
 * ``with_cp (NCHW)``: ``with_cp=True, channels_last=False`` (timm's checkpointing);
 * ``timm``: ``timm.create_model(arch, features_only=True)`` (no output norms).
@@ -46,8 +48,9 @@ from benchmarks.speed_timing import interleaved, summarise, sync  # noqa: E402
 
 ARCHS = ('poolformer_s12', 'poolformer_m48', 'convformer_s18', 'caformer_s18')
 BACKBONE_IMPLS: Dict[str, dict] = {
+    'default': dict(),
     'lean (NHWC)': dict(lean_training=True),
-    'timm modules (NHWC)': dict(lean_training=False),
+    'timm modules (NHWC)': dict(lean_training=False, channels_last=True),
     'timm modules (NCHW)': dict(lean_training=False, channels_last=False),
     'with_cp (NCHW)': dict(with_cp=True, channels_last=False),
 }
