@@ -7,6 +7,7 @@ imports one as a module so that tests can call its functions in-process, and
 import importlib
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -34,6 +35,13 @@ def load_script(relpath: str) -> ModuleType:
     return module
 
 
+def _kill_group(child: subprocess.Popen) -> None:
+    try:
+        os.killpg(child.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_script(*args, cwd: Path = REPO, env: Optional[dict] = None, ok: bool = True,
                timeout: int = 600) -> subprocess.CompletedProcess:
     """Run a command (a ``.py`` first argument runs with this interpreter) on the CPU.
@@ -43,8 +51,21 @@ def run_script(*args, cwd: Path = REPO, env: Optional[dict] = None, ok: bool = T
     cmd = list(map(str, args))
     if cmd[0].endswith('.py'):
         cmd.insert(0, sys.executable)
-    proc = subprocess.run(cmd, cwd=cwd, env=env or CPU_ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    # Its own process group, so that a run past `timeout` (or an interrupted test) takes every
+    # process it started with it: torchrun's workers too, not only the command.
+    child = subprocess.Popen(cmd, cwd=cwd, env=env or CPU_ENV, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        _kill_group(child)
+        out, err = child.communicate()
+        pytest.fail(f'{cmd} still running after {timeout} s: killed it and every process it '
+                    f'started.\n{out[-4000:]}\n{err[-4000:]}', pytrace=False)
+    except BaseException:
+        _kill_group(child)
+        raise
+    proc = subprocess.CompletedProcess(cmd, child.returncode, out, err)
     if ok:
         assert proc.returncode == 0, f'{cmd} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}'
     return proc

@@ -138,6 +138,24 @@ def test_test_tool_dumps_and_draws_detections(resumed_run, tmp_path):
     assert 'coco/bbox_mAP' in metrics.read_text()
 
 
+def test_a_run_past_its_timeout_is_killed_with_every_process_it_started(tmp_path):
+    pid_file = tmp_path / 'pid'
+    start = time.monotonic()
+    with pytest.raises(pytest.fail.Exception, match='still running after 2 s'):
+        run('bash', '-c', f'sleep 120 & echo $! > {pid_file}; wait', timeout=2)
+    # not after the orphan's 120 s: it held the output pipes open until it was killed
+    assert time.monotonic() - start < 60
+    pid = int(pid_file.read_text())
+    for _ in range(50):  # the orphaned `sleep` is killed with its group, then reaped
+        stat = Path(f'/proc/{pid}/stat')
+        if not stat.exists() or stat.read_text().split()[2] == 'Z':
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail(f'process {pid} outlived the timed-out command')
+
+
 def test_dist_train_two_cpu_processes(tmp_path):
     env = dict(ENV, PORT=str(free_port()), PYTHON=sys.executable)  # this checkout's venv or not
     proc = run('tools/dist_train.sh', DET_CFG, 2, '--work-dir', tmp_path, '--cfg-options',
