@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import platform
 import shlex
@@ -41,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import parse_size, write_record  # noqa: E402
 from metaformer_dense import MetaFormerBackbone  # noqa: E402
 from metaformer_dense.memory import saved_tensor_bytes  # noqa: E402
 
@@ -181,14 +181,15 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=list(ARCHS))
-    p.add_argument('--size', default='800x1216', help='HxW of the training images')
+    p.add_argument('--size', type=parse_size, default='800x1216',
+                   help='HxW of the training images')
     p.add_argument('--batches', nargs='+', type=int, default=[1, 2])
     p.add_argument('--check-arch', default='poolformer_s12',
                    help='arch of the real-CPU check ("none" to skip)')
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'memory'),
                    help='record path without extension (.json and .md are written)')
     args = p.parse_args(argv)
-    size = tuple(int(v) for v in args.size.lower().split('x'))
+    size = args.size
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
                command=shlex.join(['benchmarks/memory.py'] + (argv or sys.argv[1:])),
                torch=torch.__version__, timm=__import__('timm').__version__,
@@ -197,8 +198,7 @@ def main(argv=None) -> dict:
     if args.check_arch != 'none':
         rec['cpu_check'] = cpu_check(args.check_arch, size, 1)
         print(rec['cpu_check'], flush=True)
-    Path(args.out + '.json').write_text(json.dumps(rec, indent=1) + '\n')
-    Path(args.out + '.md').write_text(to_markdown(rec))
+    write_record(args.out, rec, to_markdown(rec))
     return rec
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
-import json
 import os
 import shlex
 import statistics
@@ -43,6 +42,8 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import parse_size, write_record  # noqa: E402
 
 CONFIGS = ('configs/retinanet_poolformer_s12.py', 'configs/mask_rcnn_poolformer_s12.py')
 SECTIONS = ('preprocess', 'backbone fwd', 'neck fwd', 'heads fwd+loss', 'targets',
@@ -212,21 +213,21 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--configs', nargs='+', default=list(CONFIGS))
-    p.add_argument('--input', default='800x1216', help='HxW of the training images')
+    p.add_argument('--input', type=parse_size, default='800x1216',
+                   help='HxW of the training images')
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3)
     p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'profile_step_cpu'),
                    help='record path without extension (.json and .md are written)')
     args = p.parse_args(argv)
-    size = tuple(int(v) for v in args.input.lower().split('x'))
+    size = args.input
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
                command=shlex.join(['benchmarks/profile_step.py'] + (argv or sys.argv[1:])),
                cpus=os.cpu_count(), threads=torch.get_num_threads(),
                load_before=[round(v, 2) for v in os.getloadavg()])
     rec['runs'] = [profile_config(c, args.batch, size, args.repeats) for c in args.configs]
     rec['load_after'] = [round(v, 2) for v in os.getloadavg()]
-    Path(args.out + '.json').write_text(json.dumps(rec, indent=1) + '\n')
-    Path(args.out + '.md').write_text(to_markdown(rec))
+    write_record(args.out, rec, to_markdown(rec))
     return rec
 
 

@@ -46,10 +46,11 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import torch
 
+from .common import parse_size, write_record
 from .speed_models import ATOL, IMPLS
 from .speed_record import machine_info, to_markdown, versions
 from .speed_scaling import SCALE_SHORT_SIDES, bench_scaling, scaling_worker
@@ -64,14 +65,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=['poolformer_s12', 'poolformer_s36'],
                    help='PoolFormer v1 archs (mmpretrain implements v1 only)')
-    p.add_argument('--sizes', nargs='+', default=['800x1216', '512x512'], help='HxW inputs')
+    p.add_argument('--sizes', nargs='+', type=parse_size, default=[(800, 1216), (512, 512)],
+                   help='HxW inputs (default: 800x1216 512x512)')
     p.add_argument('--impls', nargs='+', default=list(IMPLS), choices=IMPLS)
     p.add_argument('--repeats', type=int, default=5, help='timed repeats per cell')
     p.add_argument('--warmup', type=int, default=1, help='untimed repeats per cell')
     p.add_argument('--threads', type=int, default=2, help='torch threads on CPU')
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--retinanet-config', default='configs/retinanet_poolformer_s12.py')
-    p.add_argument('--retinanet-input', default='800x1216', help='HxW of the training images')
+    p.add_argument('--retinanet-input', type=parse_size, default='800x1216',
+                   help='HxW of the training images')
     p.add_argument('--retinanet-batch', type=int, default=2)
     p.add_argument('--skip', nargs='*', default=[], choices=['retinanet', 'scaling', 'switches'])
     p.add_argument('--quick', action='store_true',
@@ -83,14 +86,6 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _size(s: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in s.lower().split('x'))
-    except ValueError:
-        raise SystemExit(f'bad size {s!r}: write HxW, e.g. 800x1216') from None
-    return h, w
-
-
 def main(argv: Optional[Sequence[str]] = None) -> dict:
     """Run the benchmark, print and (unless --quick) write the record; return it."""
     args = parse_args(argv)
@@ -98,7 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     if args.scaling_worker:
         impl, arch, mode, dev, rep, sizes = args.scaling_worker
         print(json.dumps(scaling_worker(impl, arch, mode, dev, int(rep),
-                                        [_size(s) for s in sizes.split(',')])))
+                                        [parse_size(s) for s in sizes.split(',')])))
         return {}
     from tqdm import tqdm
 
@@ -114,8 +109,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                              'mmpretrain --skip retinanet)') from None
     if 'toolkit' not in args.impls:
         args.impls = ['toolkit'] + args.impls
-    sizes = [_size(s) for s in args.sizes]
-    retina_size = _size(args.retinanet_input)
+    sizes, retina_size = args.sizes, args.retinanet_input
     archs = args.archs
     scale_repeats = 2
     if args.quick:
@@ -163,10 +157,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     print(md)
     out = args.out or (None if args.quick else f'benchmarks/results/speed_{device.type}')
     if out:
-        stem = ROOT / out if not Path(out).is_absolute() else Path(out)
-        stem.parent.mkdir(parents=True, exist_ok=True)
-        stem.with_suffix('.json').write_text(json.dumps(rec, indent=1) + '\n')
-        stem.with_suffix('.md').write_text(md)
+        stem = write_record(ROOT / out if not Path(out).is_absolute() else Path(out), rec, md)
         print(f'wrote {stem}.json and {stem}.md')
     failed = [c for c in rec['checks'] for v in list(c.get('outputs', {}).values())
               + [c.get('gradients_vs_mmpretrain', {'ok': True})] if not v['ok']]

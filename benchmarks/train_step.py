@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import json
 import shlex
 import sys
 from pathlib import Path
@@ -44,6 +43,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from metaformer_dense import MetaFormerBackbone  # noqa: E402
+from benchmarks.common import parse_size, write_record  # noqa: E402
 from benchmarks.speed_models import randomize_, timm_features  # noqa: E402
 from benchmarks.speed_record import machine_info, versions  # noqa: E402
 from benchmarks.speed_timing import interleaved, summarise, sync  # noqa: E402
@@ -178,7 +178,8 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--archs', nargs='+', default=list(ARCHS))
-    p.add_argument('--size', default='800x1216', help='HxW of the training images')
+    p.add_argument('--size', type=parse_size, default='800x1216',
+                   help='HxW of the training images')
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=10)
     p.add_argument('--warmup', type=int, default=2)
@@ -187,16 +188,13 @@ def main(argv=None) -> dict:
                    'benchmarks/results/train_step_<device>)')
     args = p.parse_args(argv)
     device = torch.device(args.device)
-    size = tuple(int(v) for v in args.size.lower().split('x'))
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
                command=shlex.join(['python', '-m', 'benchmarks.train_step']
                                   + list(sys.argv[1:] if argv is None else argv)),
                machine=machine_info(device), versions=versions(),
-               rows=run(args.archs, size, args.batch, args.repeats, args.warmup, device))
+               rows=run(args.archs, args.size, args.batch, args.repeats, args.warmup, device))
     out = Path(args.out or ROOT / 'benchmarks' / 'results' / f'train_step_{device.type}')
-    out.parent.mkdir(parents=True, exist_ok=True)
-    Path(f'{out}.json').write_text(json.dumps(rec, indent=1) + '\n')
-    Path(f'{out}.md').write_text(to_markdown(rec))
+    write_record(out, rec, to_markdown(rec))
     print(to_markdown(rec))
     return rec
 

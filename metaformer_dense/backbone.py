@@ -193,7 +193,7 @@ class MetaFormerBackbone(BaseModule):
         # .to(device) / .cuda() / .cpu() / .half() ...: with channels_last=None the layout
         # follows the device the weights land on.
         out = super()._apply(fn, *args, **kwargs)
-        if getattr(self, 'channels_last', False) is None:
+        if self.channels_last is None:
             self._match_weight_layout()
         return out
 

@@ -120,3 +120,10 @@ def test_train_step_benchmark_records_time_and_equal_gradients(tmp_path):
     assert all(d < 1e-4 for d, _ in row['grad_rel_diff_vs_ref'].values())
     md = (tmp_path / 'ts.md').read_text()
     assert '| poolformer_s12 | 1x64x96 | lean (NHWC) |' in md
+
+
+def test_benchmarks_refuse_a_bad_size_naming_it(capsys):
+    from benchmarks import train_step
+    with pytest.raises(SystemExit):
+        train_step.main(['--size', '800-1216'])
+    assert "bad size '800-1216': write HxW" in capsys.readouterr().err
