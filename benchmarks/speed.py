@@ -43,6 +43,7 @@ import datetime
 import json
 import os
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -84,6 +85,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         '--quick: no files written unless given)')
     p.add_argument('--scaling-worker', nargs=6, metavar='ARG', help=argparse.SUPPRESS)
     return p.parse_args(argv)
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f'signal {signum}')
 
 
 def main(argv: Optional[Sequence[str]] = None) -> dict:
@@ -138,27 +143,38 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                load_avg_before=[round(v, 2) for v in os.getloadavg()],
                repeats=args.repeats, warmup=args.warmup, impls=list(args.impls))
     t_start = time.time()
-    with tqdm(total=total, desc='speed', unit='run', dynamic_ncols=True) as bar:
-        rec['backbones'], rec['checks'] = bench_backbones(
-            archs, sizes, args.impls, args.repeats, args.warmup, device, amps, bar)
-        if do['retinanet']:
-            rec['retinanet'] = bench_retinanet(retina_config, args.impls, args.retinanet_batch,
-                                               retina_size, args.repeats, args.warmup, device,
-                                               bar)
-        if do['scaling'] and not args.quick:
-            rec['scaling'] = bench_scaling('poolformer_s12', scale_points, scale_repeats, device,
-                                           bar)
-        if do['switches']:
-            rec['switches'] = bench_switches('poolformer_s12', sizes[0], args.repeats,
-                                             args.warmup, device, bar)
+    out = args.out or (None if args.quick else f'benchmarks/results/speed_{device.type}')
+    # A timeout's SIGTERM or a Ctrl-C keeps the sections already measured: they are written,
+    # marked as an interrupted run, instead of being lost with the process.
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        with tqdm(total=total, desc='speed', unit='run', dynamic_ncols=True) as bar:
+            rec['backbones'], rec['checks'] = bench_backbones(
+                archs, sizes, args.impls, args.repeats, args.warmup, device, amps, bar)
+            if do['retinanet']:
+                rec['retinanet'] = bench_retinanet(retina_config, args.impls,
+                                                   args.retinanet_batch, retina_size,
+                                                   args.repeats, args.warmup, device, bar)
+            if do['scaling'] and not args.quick:
+                rec['scaling'] = bench_scaling('poolformer_s12', scale_points, scale_repeats,
+                                               device, bar)
+            if do['switches']:
+                rec['switches'] = bench_switches('poolformer_s12', sizes[0], args.repeats,
+                                                 args.warmup, device, bar)
+    except KeyboardInterrupt:
+        if 'backbones' not in rec:
+            raise
+        rec['interrupted'] = True
+        print('interrupted: writing the sections measured so far', flush=True)
     rec['load_avg_after'] = [round(v, 2) for v in os.getloadavg()]
     rec['wall_s'] = round(time.time() - t_start, 1)
     md = to_markdown(rec)
     print(md)
-    out = args.out or (None if args.quick else f'benchmarks/results/speed_{device.type}')
     if out:
         stem = write_record(ROOT / out if not Path(out).is_absolute() else Path(out), rec, md)
         print(f'wrote {stem}.json and {stem}.md')
+    if rec.get('interrupted'):
+        raise SystemExit(130)
     failed = [c for c in rec['checks'] for v in list(c.get('outputs', {}).values())
               + [c.get('gradients_vs_mmpretrain', {'ok': True})] if not v['ok']]
     if failed:

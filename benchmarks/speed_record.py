@@ -58,6 +58,9 @@ def to_markdown(rec: dict) -> str:
              + ('' if gpu else 'CPU timings of a shared machine: compare the ratios within this '
                 'run, not the absolute medians with other machines or runs.'), '',
              'Ratio = implementation median / toolkit median (above 1: the toolkit is faster).', '']
+    if rec.get('interrupted'):
+        lines += ['**Interrupted run** (timeout or Ctrl-C): the sections below are the ones it '
+                  'finished; the others are missing.', '']
     lines += ['## Backbones', '',
               f'| arch | input | mode | precision | ' + ' | '.join(
                   f'{i} median{lab}' for i in rec['impls']) + ' | ' + ' | '.join(

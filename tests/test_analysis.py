@@ -127,3 +127,21 @@ def test_benchmarks_refuse_a_bad_size_naming_it(capsys):
     with pytest.raises(SystemExit):
         train_step.main(['--size', '800-1216'])
     assert "bad size '800-1216': write HxW" in capsys.readouterr().err
+
+
+def test_speed_benchmark_keeps_finished_sections_when_interrupted(tmp_path, monkeypatch):
+    """A timeout (SIGTERM) or Ctrl-C during a later section still writes what was measured."""
+    from benchmarks import speed
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt('signal 15')
+
+    monkeypatch.setattr(speed, 'bench_retinanet', interrupted)
+    out = tmp_path / 'speed'
+    with pytest.raises(SystemExit) as exc:
+        speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', '--skip', 'switches',
+                    '--out', str(out)])
+    assert exc.value.code == 130
+    rec = json.loads((tmp_path / 'speed.json').read_text())
+    assert rec['interrupted'] and rec['backbones'] and 'retinanet' not in rec
+    assert '**Interrupted run**' in (tmp_path / 'speed.md').read_text()
