@@ -108,8 +108,12 @@ def to_markdown(rec: dict) -> str:
         s = rec['switches']
         lines += ['', '## Speed switches of the toolkit backbone', '',
                   f'{s["arch"]}, {s["input"][0]}x{s["input"][1]}, forward. First call with '
-                  f'`compile=True` (includes compiling): {s["compile_first_call_s"]:.1f} s.', '',
-                  '| variant | median' + lab + ' | / toolkit | max abs diff vs fp32 eager |',
+                  f'`compile=True` (includes compiling): {s["compile_first_call_s"]:.1f} s.', '']
+        if s.get('compile_rejected'):
+            lines += ['**The compiled forward was wrong and was dropped** (the backbone checks '
+                      f'its first call against eager): {s["compile_rejected"]}. The compile row '
+                      'below therefore times eager.', '']
+        lines += ['| variant | median' + lab + ' | / toolkit | max abs diff vs fp32 eager |',
                   '|---|---|---|---|']
         for i, v in s['impls'].items():
             d = s['max_abs_diff_vs_fp32_eager'].get(i)

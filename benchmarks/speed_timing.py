@@ -169,6 +169,9 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
         compile_s = time.perf_counter() - t0
         with torch.autocast(device.type, dtype=torch.bfloat16):
             out_bf = base(x)
+    # compile=True checks its first call against eager and drops a compiled forward that
+    # disagrees (metaformer_dense/compile_guard.py): then the compile row times eager.
+    rejected = compiled._compiled_forward.rejected
     diffs = {'compile': max_diff(out_c, ref)[0], 'bf16 autocast': max_diff(out_bf, ref)[0]}
     fns = {'toolkit': lambda: run_forward(base, x, None),
            'compile': lambda: run_forward(compiled, x, None),
@@ -176,5 +179,6 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
     progress.set_postfix_str(f'switches: timing {arch} at {size[0]}x{size[1]}')
     times = interleaved(fns, repeats, warmup, device, progress)
     return dict(arch=arch, input=list(size), mode='forward', device=device.type,
-                compile_first_call_s=compile_s, max_abs_diff_vs_fp32_eager=diffs,
+                compile_first_call_s=compile_s, compile_rejected=rejected,
+                max_abs_diff_vs_fp32_eager=diffs,
                 impls=summarise(times))

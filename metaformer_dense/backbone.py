@@ -22,6 +22,7 @@ from torch import nn
 
 from . import fast_path, weights_fit
 from .checkpoint import WeightsFit, extract_state_dict, read_checkpoint, split_backbone
+from .compile_guard import CheckedCompile
 
 __all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch']
 
@@ -72,7 +73,10 @@ class MetaFormerBackbone(BaseModule):
             device the backbone is moved to (``.cuda()``, ``.to(...)``); ``True`` / ``False``
             force it. Outputs are always plain contiguous NCHW tensors.
         compile: ``torch.compile`` the forward on its first call: ``True``, or a dict of
-            ``torch.compile`` arguments. A new input shape may recompile (docs/speed.md).
+            ``torch.compile`` arguments. A new input shape may recompile (docs/speed.md). The
+            first call per input signature is compared with eager; a compiled forward that
+            disagrees is dropped with a warning (:mod:`metaformer_dense.compile_guard`);
+            ``verify=False`` in the dict skips the check.
         lean_training: Each block saves only its input and ``fc1``'s output for backward and
             recomputes the rest (:mod:`metaformer_dense.lean_training`; S12 at 800x1216 keeps
             0.38 of what timm's modules keep, benchmarks/results/memory.md). Same gradients, any
@@ -212,11 +216,12 @@ class MetaFormerBackbone(BaseModule):
         compiled = self.__dict__.get('_compiled_forward')
         if compiled is None:
             # Under the compiler _forward runs timm's modules (fast_path.observed): inductor fuses
-            # them itself, and the CPU path's loops over row chunks would only unroll.
-            compiled = torch.compile(self._forward, **self.compile_cfg)
+            # them itself, and the CPU path's loops over row chunks would only unroll. Checked
+            # against eager per input signature: the compiler can be silently wrong.
+            compiled = CheckedCompile(self, self._forward, self.compile_cfg)
             # Kept out of state_dict, pickling and deepcopy (see __getstate__).
             self.__dict__['_compiled_forward'] = compiled
-        return compiled(x)
+        return compiled(self, x)
 
     def _forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         # CPU: the same math with less memory traffic (fast_path.py), unless a tracer, exporter,

@@ -85,3 +85,56 @@ def test_compile_switch_is_validated_and_copyable():
     clone = copy.deepcopy(model)  # the lazily compiled forward is per instance, never copied
     assert clone.compile_cfg == model.compile_cfg and '_compiled_forward' not in clone.__dict__
     assert MetaFormerBackbone('poolformer_s12').compile_cfg is None
+
+
+def _wrong_backend(calls):
+    """A torch.compile backend whose graphs return wrong numbers, as a miscompile does."""
+    def backend(gm, example_inputs):
+        def run(*args):
+            calls.append(1)
+            return tuple(o * 1.5 if isinstance(o, torch.Tensor) and o.is_floating_point() else o
+                         for o in gm(*args))
+        return run
+    return backend
+
+
+def test_a_compiled_forward_that_disagrees_with_eager_is_dropped_with_a_warning():
+    calls = []
+    model = MetaFormerBackbone('poolformer_s12', out_indices=(0, 1),
+                               compile=dict(backend=_wrong_backend(calls))).eval()
+    with torch.no_grad():
+        expected = model._forward(X)
+        with pytest.warns(RuntimeWarning, match=r'differ from eager by .* input \(2, 3, 70, 90\)'):
+            outs = model(X)
+        assert calls  # the compiled graph ran, and its wrong outputs were not returned
+        for o, e in zip(outs, expected):
+            torch.testing.assert_close(o, e)
+        calls.clear()
+        again = model(X)  # eager from now on, for every input
+        model(X[:1, :, :64, :64])
+    assert not calls and model._compiled_forward.rejected
+    torch.testing.assert_close(again[1], expected[1])
+
+
+def test_a_compiled_forward_is_checked_once_per_input_signature():
+    model = MetaFormerBackbone('poolformer_s12', out_indices=(0, 1),
+                               compile=dict(backend='eager')).eval()
+    with torch.no_grad():
+        model(X)  # compiles, checks against eager
+        guard = model._compiled_forward
+        eager, guard_runs = guard.eager, []
+        guard.eager = lambda x: guard_runs.append(tuple(x.shape)) or eager(x)
+        model(X)  # same signature: not checked again
+        model(X[:1])  # new shape: checked
+    assert guard_runs == [(1, 3, 70, 90)] and guard.rejected is None and len(guard.checked) == 2
+    # random outputs (stochastic depth in training) cannot be compared: not checked
+    noisy = MetaFormerBackbone('poolformer_s12', out_indices=(0,), drop_path_rate=0.3,
+                               compile=dict(backend=_wrong_backend([]))).train()
+    with torch.no_grad():
+        noisy(X)
+    assert noisy._compiled_forward.rejected is None and not noisy._compiled_forward.checked
+    skip = MetaFormerBackbone('poolformer_s12', out_indices=(0,),
+                              compile=dict(backend='eager', verify=False)).eval()
+    with torch.no_grad():
+        skip(X)
+    assert not skip._compiled_forward.checked

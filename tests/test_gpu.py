@@ -10,6 +10,7 @@ import math
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,30 @@ def test_backbone_cuda_matches_cpu(arch):
         for r, g in zip(ref, got):
             assert g.is_cuda and g.shape == r.shape
             torch.testing.assert_close(g.cpu(), r, atol=1e-4, rtol=1e-4)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
+
+
+
+def test_compiled_backbone_on_cuda_returns_eager_numbers():
+    """compile=True at detection size: inductor on torch 2.11 (H200) got stage 3 wrong by up to
+    37 here; the backbone must hand back eager's numbers (dropping a wrong compile, warning)."""
+    tf32 = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        model = _randomised('poolformer_s12').cuda()
+        compiled = _randomised('poolformer_s12').cuda()
+        compiled.compile_cfg = {}
+        x = torch.randn(1, 3, 800, 1216, device='cuda')
+        with torch.no_grad(), warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter('always')
+            ref = model(x)
+            got = compiled(x)
+        for r, g in zip(ref, got):
+            torch.testing.assert_close(g, r, atol=1e-3, rtol=1e-3)
+        guard = compiled._compiled_forward
+        assert (guard.rejected is None) == (not any('compile' in str(w.message) for w in caught))
+        print(f'compile=True kept: {guard.rejected is None} ({guard.rejected})')
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 

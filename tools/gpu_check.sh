@@ -55,6 +55,14 @@ if has_step build || ! "$PY" -c "import mmcv.ops" 2>/dev/null; then  # nothing t
   echo "$(( SECONDS - start ))" > "$VENV/.mmcv-seconds"
 fi
 
+# mmpretrain (the speed benchmark's third implementation and its RetinaNet step) imports its
+# multimodal models whenever a `transformers` distribution is installed; say why it fails.
+if ! "$PY" -c "import mmpretrain.models" >/dev/null 2>&1; then
+  log "WARNING: mmpretrain does not import here; the speed step will fail. The cause:"
+  "$PY" -c "import mmpretrain.models" 2>&1 | tail -n 1 >&2 || true
+  "$PY" -c "import transformers; from transformers import PreTrainedModel" 2>&1 | tail -n 1 >&2 || true
+fi
+
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 mkdir -p "$ROOT/benchmarks/results"

@@ -21,7 +21,7 @@ LOCK="$ROOT/requirements/constraints.txt"
 # What a CUDA image with torch, numpy, opencv, matplotlib, scipy, rich, pyyaml and
 # huggingface_hub lacks to run mmdet / mmseg / mmpretrain and this toolkit.
 PACKAGES=(setuptools mmengine mmdet mmsegmentation mmpretrain timm addict yapf platformdirs tomli termcolor
-          terminaltables pycocotools shapely ftfy wcwidth prettytable modelindex mat4py ordered-set
+          terminaltables pycocotools shapely ftfy wcwidth prettytable model-index click markdown mat4py ordered-set
           importlib_metadata lazy-importer zipp)
 pin() {  # the lock's version of a package, or the bare name if the lock has none
   local line
