@@ -1,10 +1,10 @@
-"""What the benchmark scripts share: reading an ``HxW`` size, and writing a record."""
+"""What the benchmark scripts share: their common options, an ``HxW`` size, a record."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Sequence, Tuple, Union
 
 
 def parse_size(text: str) -> Tuple[int, int]:
@@ -25,3 +25,16 @@ def write_record(out: Union[str, Path], rec: dict, markdown: str) -> Path:
     Path(f'{out}.json').write_text(json.dumps(rec, indent=1) + '\n')
     Path(f'{out}.md').write_text(markdown)
     return out
+
+
+def step_parser(doc: str, archs: Sequence[str], batch: int, repeats: int,
+                warmup: int) -> argparse.ArgumentParser:
+    """The options of the training-step benchmarks: archs, image size, batch, repeats."""
+    p = argparse.ArgumentParser(description=doc.split('\n\n')[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--archs', nargs='+', default=list(archs))
+    p.add_argument('--size', type=parse_size, default='800x1216', help='HxW of the images')
+    p.add_argument('--batch', type=int, default=batch)
+    p.add_argument('--repeats', type=int, default=repeats, help='timed repeats (medians)')
+    p.add_argument('--warmup', type=int, default=warmup, help='untimed repeats first')
+    return p

@@ -27,7 +27,6 @@ Usage::
 """
 from __future__ import annotations
 
-import argparse
 import datetime
 import gc
 import shlex
@@ -43,7 +42,7 @@ if str(ROOT) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(ROOT))
 
 from metaformer_dense import MetaFormerBackbone  # noqa: E402
-from benchmarks.common import parse_size, write_record  # noqa: E402
+from benchmarks.common import step_parser, write_record  # noqa: E402
 from benchmarks.speed_models import randomize_, timm_features  # noqa: E402
 from benchmarks.speed_record import machine_info, versions  # noqa: E402
 from benchmarks.speed_timing import interleaved, summarise, sync  # noqa: E402
@@ -175,14 +174,7 @@ def to_markdown(rec: dict) -> str:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--archs', nargs='+', default=list(ARCHS))
-    p.add_argument('--size', type=parse_size, default='800x1216',
-                   help='HxW of the training images')
-    p.add_argument('--batch', type=int, default=2)
-    p.add_argument('--repeats', type=int, default=10)
-    p.add_argument('--warmup', type=int, default=2)
+    p = step_parser(__doc__, ARCHS, batch=2, repeats=10, warmup=2)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--out', default=None, help='record path without extension (default: '
                    'benchmarks/results/train_step_<device>)')

@@ -81,8 +81,10 @@ class MetaFormerBackbone(BaseModule):
             recomputes the rest (:mod:`metaformer_dense.lean_training`; S12 at 800x1216 keeps
             0.38 of what timm's modules keep, benchmarks/results/memory.md). Same gradients, any
             device; needs NHWC (``True`` makes ``channels_last=None`` pick it on every device) and
-            no autocast. ``None`` (default): on for CPU tensors, off elsewhere: on CUDA it is about
-            2x slower than timm's modules and ``with_cp`` is both faster and smaller there
+            no autocast. ``None`` (default): on for CPU tensors of pooling archs (PoolFormer v1/v2),
+            off elsewhere: ConvFormer's and CAFormer's blocks would recompute their convolution
+            mixer and train slower than timm's modules on CPU (train_step_cpu.md); on CUDA it is
+            about 2x slower than timm's modules and ``with_cp`` is both faster and smaller there
             (benchmarks/results/train_step_cuda.md). ``True`` / ``False`` force it. ``with_cp``
             takes precedence.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
@@ -160,6 +162,9 @@ class MetaFormerBackbone(BaseModule):
         for stage in self.stages:
             stage.set_grad_checkpointing(with_cp)
         self._fast_stages = tuple(fast_path.stage_supported(s) for s in self.stages)
+        # Recomputing a pooling mixer in backward is cheap; a convolution mixer is not.
+        self._pooling_mixers = all(type(b.token_mixer).__name__ == 'Pooling'
+                                   for s in self.stages for b in s.blocks)
         #: Channels and strides of the emitted features, in output order.
         self.out_channels: Tuple[int, ...] = tuple(info[i]['num_chs'] for i in out_indices)
         self.strides: Tuple[int, ...] = tuple(info[i]['reduction'] for i in out_indices)
@@ -240,7 +245,7 @@ class MetaFormerBackbone(BaseModule):
         # `unobserved` first: under torch.fx, x is a proxy whose device cannot be branched on.
         lean = (unobserved and torch.is_grad_enabled()
                 and (self.lean_training if self.lean_training is not None
-                     else x.device.type == 'cpu')
+                     else x.device.type == 'cpu' and self._pooling_mixers)
                 and fast_path.lean_applies(x))
         fast = unobserved and fast_path.applies(x)
         outs = []

@@ -145,3 +145,21 @@ def test_speed_benchmark_keeps_finished_sections_when_interrupted(tmp_path, monk
     rec = json.loads((tmp_path / 'speed.json').read_text())
     assert rec['interrupted'] and rec['backbones'] and 'retinanet' not in rec
     assert '**Interrupted run**' in (tmp_path / 'speed.md').read_text()
+
+
+def test_step_floor_runs_the_steps_matrix_products_and_records_the_bound(tmp_path):
+    from benchmarks import step_floor
+    rec = step_floor.main(['--size', '64x96', '--repeats', '1', '--warmup', '0',
+                           '--out', str(tmp_path / 'floor')])
+    (row,) = rec['rows']
+    assert set(row['median_s']) == set(step_floor.IMPLS)
+    # the floor's products: fc1 / fc2 forward, input and weight gradients (6 per block, 2*M*C*H
+    # FLOP each), which are most of the step's counted work
+    dims, depths, hidden = (64, 128, 320, 512), (2, 2, 6, 2), 4
+    rows = [64 * 96 // s ** 2 for s in (4, 8, 16, 32)]
+    mlp = sum(d * 6 * 2 * m * c * hidden * c for d, m, c in zip(depths, rows, dims))
+    assert 0.8 < mlp / (row['step_gflop'] * 1e9) < 1
+    assert '| poolformer_s12 | 1x64x96 |' in (tmp_path / 'floor.md').read_text()
+    with pytest.raises(SystemExit, match='pooling token mixers'):
+        step_floor.main(['--archs', 'convformer_s18', '--size', '64x96', '--repeats', '1',
+                         '--out', str(tmp_path / 'conv')])

@@ -35,7 +35,9 @@ def test_gradients_match_timm_modules(arch, drop_path_rate, lean_calls, monkeypa
     # Several MLP row chunks per stage at this size, the last one partial.
     monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
     model = _randomized(arch, drop_path_rate=drop_path_rate).train()
-    assert model.lean_training is None  # the default: on for CPU
+    assert model.lean_training is None  # the default: on for CPU, for pooling mixers
+    if arch not in ('poolformer_s12', 'poolformerv2_s12'):
+        model.lean_training = True  # convolution mixers: off by default on CPU (slower there)
     ours, ref = _grads(model, X), _grads(_timm_modules(model), X)
     assert len(lean_calls) == 4 if arch != 'caformer_s18' else len(lean_calls) == 2
     for name, g in ref.items():
@@ -101,3 +103,13 @@ def test_off_cpu_a_switch_and_device_independent(lean_calls):
     assert x.grad.shape == x.shape
     for name, p in model.named_parameters():
         assert p.grad is not None and p.grad.shape == p.shape, name
+
+
+def test_default_on_cpu_is_lean_for_pooling_mixers_only(lean_calls):
+    """ConvFormer / CAFormer lean blocks recompute a separable convolution in backward and train
+    slower than timm's modules on CPU (benchmarks/results/train_step_cpu.md): off by default."""
+    for arch, lean in (('poolformerv2_s12', True), ('convformer_s18', False),
+                       ('caformer_s18', False)):
+        lean_calls.clear()
+        _grads(_randomized(arch).train(), X)
+        assert bool(lean_calls) == lean, arch
