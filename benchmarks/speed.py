@@ -107,11 +107,12 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
         raise SystemExit('--device cuda, but torch sees no GPU; use --device cpu')
     if 'mmpretrain' in args.impls or 'retinanet' not in args.skip:
         try:
-            import mmpretrain  # noqa: F401
-        except ImportError:
-            raise SystemExit('mmpretrain is needed for the comparison: '
-                             '.venv/bin/pip install mmpretrain==1.2.0 (or --impls without '
-                             'mmpretrain --skip retinanet)') from None
+            import mmpretrain.models  # noqa: F401
+        except Exception as e:  # not installed, or one of its own imports breaks
+            raise SystemExit(f'mmpretrain is needed for the comparison, and importing it failed: '
+                             f'{type(e).__name__}: {e}. Install it (.venv/bin/pip install '
+                             'mmpretrain==1.2.0) or repair what it imports, or run with --impls '
+                             'without mmpretrain --skip retinanet') from None
     if 'toolkit' not in args.impls:
         args.impls = ['toolkit'] + args.impls
     sizes, retina_size = args.sizes, args.retinanet_input

@@ -163,3 +163,12 @@ def test_step_floor_runs_the_steps_matrix_products_and_records_the_bound(tmp_pat
     with pytest.raises(SystemExit, match='pooling token mixers'):
         step_floor.main(['--archs', 'convformer_s18', '--size', '64x96', '--repeats', '1',
                          '--out', str(tmp_path / 'conv')])
+
+
+def test_speed_benchmark_names_why_mmpretrain_does_not_import(monkeypatch):
+    import sys
+    from benchmarks import speed
+    monkeypatch.setitem(sys.modules, 'mmpretrain.models', None)  # its import now fails
+    with pytest.raises(SystemExit, match=r'importing it failed: ModuleNotFoundError: .*'
+                                         r'mmpretrain\.models'):
+        speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', 'mmpretrain'])
