@@ -56,11 +56,24 @@ if has_step build || ! "$PY" -c "import mmcv.ops" 2>/dev/null; then  # nothing t
 fi
 
 # mmpretrain (the speed benchmark's third implementation and its RetinaNet step) imports its
-# multimodal models whenever a `transformers` distribution is installed; say why it fails.
+# multimodal models, written for transformers 4, whenever the installed transformers passes its
+# version check (>=4.28); a newer one (the H200 image's) lacks names they import, and
+# `import mmpretrain.models` fails. This venv then hides that transformers from mmpretrain's
+# check with a metadata-only record (nothing here uses transformers); the machine keeps it.
 if ! "$PY" -c "import mmpretrain.models" >/dev/null 2>&1; then
-  log "WARNING: mmpretrain does not import here; the speed step will fail. The cause:"
-  "$PY" -c "import mmpretrain.models" 2>&1 | tail -n 1 >&2 || true
-  "$PY" -c "import transformers; from transformers import PreTrainedModel" 2>&1 | tail -n 1 >&2 || true
+  tf_version="$("$PY" -c 'import importlib.metadata as m; print(m.version("transformers"))' 2>/dev/null || true)"
+  if [[ -n "$tf_version" ]] && ! "$PY" -c "from transformers.modeling_utils import apply_chunking_to_forward" >/dev/null 2>&1; then
+    purelib="$("$PY" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
+    log "transformers $tf_version lacks what mmpretrain's multimodal models import: hiding it from mmpretrain in $VENV"
+    mkdir -p "$purelib/transformers-0.0.0.dist-info"
+    printf 'Metadata-Version: 2.1\nName: transformers\nVersion: 0.0.0\nSummary: %s\n' \
+      "hides the machine's transformers $tf_version from mmpretrain 1.2 (tools/gpu_check.sh)" \
+      > "$purelib/transformers-0.0.0.dist-info/METADATA"
+  fi
+  if ! "$PY" -c "import mmpretrain.models" >/dev/null 2>&1; then
+    log "WARNING: mmpretrain does not import here; the speed step will fail. The cause:"
+    "$PY" -c "import mmpretrain.models" 2>&1 | tail -n 1 >&2 || true
+  fi
 fi
 
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
