@@ -16,13 +16,16 @@ Here:
   the CPU cache. In training, a custom autograd function keeps only ``fc1``'s output for the
   backward pass (timm's graph keeps the activation's output too) and recomputes the activation
   chunk by chunk there; the weight gradients are accumulated chunk by chunk.
+* **Inference fuses GELU and the biases into the matrix products** (oneDNN's fused linear,
+  where this torch build has it), so the hidden chunk is written once and never re-read for
+  the activation.
 * **Inference updates the residual stream in place** (``x = res_scale * x + layer_scale *
   branch`` with ``mul_`` / ``addcmul_``) instead of allocating a tensor for every ``*`` and
   ``+``, and the pooling mixer ``pool(y) - y`` subtracts in place.
 
 The operations and their order per element are timm's ``MetaFormerBlock``'s; only the
-summation order inside the matrix products (and of the chunked weight gradients) differs:
-float rounding, about 1e-6 in fp32. ``tests/test_fast_path.py`` and ``benchmarks/speed.py``
+summation order inside the matrix products (and of the chunked weight gradients) and, in the
+fused inference products, oneDNN's own GELU differ: float rounding, about 1e-6 in fp32. ``tests/test_fast_path.py`` and ``benchmarks/speed.py``
 check outputs and gradients against timm and mmpretrain.
 
 Both tricks are visible to anyone who watches the computation rather than its result: a tracer
@@ -142,6 +145,30 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torc
     return torch.addmm(b, x, w.t()) if b is not None else torch.mm(x, w.t())
 
 
+# oneDNN's linear with the element-wise work fused into the matrix product (the op torch's own
+# CPU compiler emits): no separate GELU pass over the hidden chunk and no copy of the bias into
+# the output first. Inference only: training keeps fc1's output before the activation. None:
+# not tried yet; False: this torch build lacks it, so addmm and F.gelu run instead.
+_fused_linear: Optional[bool] = None
+
+
+def _linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
+                gelu: Optional[str]) -> torch.Tensor:
+    """``x @ w.T + b``, then GELU (``approximate=gelu``) unless ``gelu`` is None."""
+    global _fused_linear
+    if _fused_linear is not False:
+        try:
+            out = torch.ops.mkldnn._linear_pointwise(x, w, b, 'none' if gelu is None else 'gelu',
+                                                      [], '' if gelu is None else gelu)
+        except (AttributeError, NotImplementedError, RuntimeError):
+            _fused_linear = False
+        else:
+            _fused_linear = True
+            return out
+    h = _linear(x, w, b)
+    return h if gelu is None else F.gelu(h, approximate=gelu)
+
+
 def _act_spec(act: nn.Module) -> Optional[Tuple[Tuple, Optional[torch.Tensor],
                                                  Optional[torch.Tensor]]]:
     """``(kind, star_scale, star_bias)`` for the activations computed here, else None.
@@ -253,11 +280,14 @@ def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
     w1, w2 = _weights(mlp)
     rs, ls = _scale(block.res_scale2), _scale(block.layer_scale2)
     spec = _act_spec(mlp.act)
+    gelu = spec[0][1] if spec is not None and spec[0][0] == 'gelu' else None
     rows = _chunk_rows(w1.shape[0])
     for start in range(0, xm.shape[0], rows):
-        h = _linear(ym[start:start + rows], w1, mlp.fc1.bias)
-        h = _act_forward(spec[0], h, *spec[1:], inplace=True) if spec is not None else mlp.act(h)
-        _residual_(xm[start:start + rows], rs, ls, _linear(h, w2, mlp.fc2.bias))
+        h = _linear_act(ym[start:start + rows], w1, mlp.fc1.bias, gelu)  # GELU fused
+        if gelu is None:
+            h = (_act_forward(spec[0], h, *spec[1:], inplace=True) if spec is not None
+                 else mlp.act(h))
+        _residual_(xm[start:start + rows], rs, ls, _linear_act(h, w2, mlp.fc2.bias, None))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -25,8 +25,12 @@ def spy(monkeypatch):
                                 lambda *_: torch.is_grad_enabled())
 
 
+@pytest.mark.parametrize('fused', [True, False])
 @pytest.mark.parametrize('arch', ARCHS)
-def test_inference_matches_timm_modules(arch, small_chunks, spy):
+def test_inference_matches_timm_modules(arch, fused, small_chunks, spy, monkeypatch):
+    # fused: oneDNN's linear with GELU and bias in the product (where torch has it);
+    # not fused: the addmm + F.gelu fallback for builds without it
+    monkeypatch.setattr(fast_path, '_fused_linear', None if fused else False)
     model = _randomized(arch).eval()
     ref = _reference(model).eval()
     x = X.clone()
@@ -39,6 +43,8 @@ def test_inference_matches_timm_modules(arch, small_chunks, spy):
         assert o.is_contiguous()
         torch.testing.assert_close(o, e, atol=1e-4, rtol=1e-4)
         assert torch.equal(o, a)  # no state leaks from one call into the next
+    # this machine's torch (a standard x86 build) has the fused op; the fallback stays off it
+    assert fast_path._fused_linear is (fused and torch.backends.mkldnn.is_available())
     with torch.inference_mode():
         for o, e in zip(model(x), expected):
             torch.testing.assert_close(o, e, atol=1e-4, rtol=1e-4)
