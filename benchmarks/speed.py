@@ -147,7 +147,7 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     out = args.out or (None if args.quick else f'benchmarks/results/speed_{device.type}')
     # A timeout's SIGTERM or a Ctrl-C keeps the sections already measured: they are written,
     # marked as an interrupted run, instead of being lost with the process.
-    signal.signal(signal.SIGTERM, _raise_interrupt)
+    previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         with tqdm(total=total, desc='speed', unit='run', dynamic_ncols=True) as bar:
             rec['backbones'], rec['checks'] = bench_backbones(
@@ -167,6 +167,8 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
             raise
         rec['interrupted'] = True
         print('interrupted: writing the sections measured so far', flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous_sigterm)  # main() may run inside another program
     rec['load_avg_after'] = [round(v, 2) for v in os.getloadavg()]
     rec['wall_s'] = round(time.time() - t_start, 1)
     md = to_markdown(rec)

@@ -51,7 +51,7 @@ def step(model: nn.Module, x: torch.Tensor) -> None:
 
 def matrix_product_floor(model: MetaFormerBackbone, x: torch.Tensor) -> Callable[[], None]:
     """A function that runs only the step's matrix products and convolutions, once each."""
-    if not all(type(s.blocks[0].token_mixer).__name__ == 'Pooling' for s in model.stages):
+    if not model._pooling_mixers:
         raise SystemExit(f'{model.arch}: the floor is written for pooling token mixers '
                          '(PoolFormer v1/v2)')
     work: List[Callable[[], None]] = []

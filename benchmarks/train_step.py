@@ -5,8 +5,8 @@ The record behind two defaults of :class:`metaformer_dense.MetaFormerBackbone` o
 For each arch, on the same random weights and the same batch:
 
 * ``lean (NHWC)``: ``lean_training=True`` (it needs channels-last);
-* ``default``: the backbone as configs build it (NHWC and lean blocks on CPU, NCHW and timm's
-  modules on CUDA);
+* ``default``: the backbone as configs build it (on CPU: NHWC, with the lean blocks for pooling
+  archs; on CUDA: NCHW and timm's modules);
 * ``not lean (NHWC)``: ``lean_training=False, channels_last=True`` (on CPU the fast path's chunked
   MLP, :mod:`metaformer_dense.fast_path`; elsewhere timm's modules);
 * ``not lean (NCHW)``: ``lean_training=False, channels_last=False``: timm's modules on any device;

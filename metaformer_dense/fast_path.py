@@ -25,8 +25,9 @@ Here:
 
 The operations and their order per element are timm's ``MetaFormerBlock``'s; only the
 summation order inside the matrix products (and of the chunked weight gradients) and, in the
-fused inference products, oneDNN's own GELU differ: float rounding, about 1e-6 in fp32. ``tests/test_fast_path.py`` and ``benchmarks/speed.py``
-check outputs and gradients against timm and mmpretrain.
+fused inference products, oneDNN's own GELU differ: float rounding, about 1e-6 in fp32.
+``tests/test_fast_path.py`` and ``benchmarks/speed.py`` check outputs and gradients against timm
+and mmpretrain.
 
 Both tricks are visible to anyone who watches the computation rather than its result: a tracer
 records the chunk loop with the traced input's bounds and the in-place writes on permuted views

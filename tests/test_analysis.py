@@ -1,5 +1,6 @@
 """benchmarks/report: the cells a user reads, filled from real models and files."""
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -138,10 +139,12 @@ def test_speed_benchmark_keeps_finished_sections_when_interrupted(tmp_path, monk
 
     monkeypatch.setattr(speed, 'bench_retinanet', interrupted)
     out = tmp_path / 'speed'
+    sigterm = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exc:
         speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', '--skip', 'switches',
                     '--out', str(out)])
     assert exc.value.code == 130
+    assert signal.getsignal(signal.SIGTERM) is sigterm  # the caller's handler is back
     rec = json.loads((tmp_path / 'speed.json').read_text())
     assert rec['interrupted'] and rec['backbones'] and 'retinanet' not in rec
     assert '**Interrupted run**' in (tmp_path / 'speed.md').read_text()
