@@ -16,11 +16,14 @@ import torch
 from torch import nn
 
 from metaformer_dense import MetaFormerBackbone
+from metaformer_dense.fast_path import unfused_mlp
 
 from .speed_models import (build_backbones, build_retinanets, check_agreement, check_gradients,
                            max_diff)
 
 ROOT = Path(__file__).resolve().parents[1]
+#: The switches row of the CPU path with fc1 and GELU as separate addmm and GELU passes.
+UNFUSED = 'unfused MLP (addmm + GELU)'
 
 
 def sync(device: torch.device) -> None:
@@ -153,7 +156,7 @@ def bench_retinanet(config: Path, impls: Sequence[str], batch: int, size: Tuple[
 
 def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
                    device: torch.device, progress) -> dict:
-    """Default vs ``compile=True`` vs bf16 autocast vs NCHW, forward, same weights."""
+    """Default vs ``compile=True`` vs bf16 autocast (vs the unfused MLP on CPU), forward."""
     base = build_backbones(arch, ['toolkit'])['toolkit'].to(device).eval()
     state = base.state_dict()
     compiled = MetaFormerBackbone(arch, compile=True).to(device).eval()
@@ -169,6 +172,9 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
         compile_s = time.perf_counter() - t0
         with torch.autocast(device.type, dtype=torch.bfloat16):
             out_bf = base(x)
+        if device.type == 'cpu':
+            with unfused_mlp():
+                out_unfused = base(x)
     # compile=True checks its first call against eager and drops a compiled forward that
     # disagrees (metaformer_dense/compile_guard.py): then the compile row times eager.
     rejected = compiled._compiled_forward.rejected
@@ -176,6 +182,12 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
     fns = {'toolkit': lambda: run_forward(base, x, None),
            'compile': lambda: run_forward(compiled, x, None),
            'bf16 autocast': lambda: run_forward(base, x, torch.bfloat16)}
+    if device.type == 'cpu':  # what the CPU path's oneDNN-fused fc1 + GELU buys (fast_path)
+        def run_unfused():
+            with unfused_mlp():
+                run_forward(base, x, None)
+        fns[UNFUSED] = run_unfused
+        diffs[UNFUSED] = max_diff(out_unfused, ref)[0]
     progress.set_postfix_str(f'switches: timing {arch} at {size[0]}x{size[1]}')
     times = interleaved(fns, repeats, warmup, device, progress)
     return dict(arch=arch, input=list(size), mode='forward', device=device.type,

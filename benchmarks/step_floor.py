@@ -12,12 +12,15 @@ It also counts the step's floating-point work (``torch.utils.flop_counter``) and
 machine's fp32 matrix-product peak on one large square product, for a second, looser bound.
 
 Side by side in one interleaved run, medians: timm's ``features_only`` model, the toolkit's
-default backbone, and the floor.
+default backbone, and the floor; with ``--compile`` also the toolkit with ``compile=True``, where
+torch's compiler fuses the element-wise work between the products into generated C++ kernels
+(what hand-written fused kernels could at best add over eager).
 
 Usage::
 
     python -m benchmarks.step_floor                       # S12, 1x800x1216, CPU
     python -m benchmarks.step_floor --archs poolformer_s12 poolformer_m48 --size 800x1216
+    python -m benchmarks.step_floor --compile             # + the compiled step (minutes to compile)
 """
 from __future__ import annotations
 
@@ -43,6 +46,7 @@ from benchmarks.speed_record import machine_info, versions  # noqa: E402
 from benchmarks.speed_timing import interleaved  # noqa: E402
 
 IMPLS = ('timm', 'toolkit (default)', 'floor: matrix products only')
+COMPILED = 'toolkit compile=True'
 
 
 def step(model: nn.Module, x: torch.Tensor) -> None:
@@ -122,10 +126,10 @@ def step_flops(model: nn.Module, x: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def run(archs, size, batch, repeats, warmup) -> list:
+def run(archs, size, batch, repeats, warmup, compile_: bool = False) -> list:
     from tqdm import tqdm
     rows = []
-    progress = tqdm(total=len(archs) * (warmup + repeats) * len(IMPLS), unit='step')
+    progress = tqdm(total=len(archs) * (warmup + repeats) * (len(IMPLS) + compile_), unit='step')
     x = torch.randn(batch, 3, *size, generator=torch.Generator().manual_seed(1))
     for arch in archs:
         ours = MetaFormerBackbone(arch)
@@ -137,12 +141,25 @@ def run(archs, size, batch, repeats, warmup) -> list:
         fns: Dict[str, Callable[[], None]] = {k: (lambda m=m: step(m, x))
                                               for k, m in models.items()}
         fns[IMPLS[2]] = matrix_product_floor(ours, x)
+        compile_s = rejected = None
+        if compile_:
+            compiled = MetaFormerBackbone(arch, compile=True)
+            compiled.load_state_dict(ours.state_dict())
+            models[COMPILED] = compiled.train()
+            progress.set_postfix_str(f'{arch}: compiling the training step')
+            t0 = time.perf_counter()
+            step(compiled, x)  # compiles forward and backward; checked against eager once
+            compile_s = time.perf_counter() - t0
+            compiled.zero_grad(set_to_none=True)
+            rejected = compiled._compiled_forward.rejected
+            fns[COMPILED] = lambda m=compiled: step(m, x)
         progress.set_postfix_str(f'{arch}: timing')
         times = interleaved(fns, repeats, warmup, torch.device('cpu'), progress,
                             after=lambda k: k in models and models[k].zero_grad(set_to_none=True))
         med = {k: statistics.median(v) for k, v in times.items()}
         rows.append(dict(arch=arch, input=list(size), batch=batch, step_gflop=flops / 1e9,
-                         median_s=med, times_s=times,
+                         median_s=med, times_s=times, compile_first_step_s=compile_s,
+                         compile_rejected=rejected,
                          best_possible_speedup_vs_timm=med['timm'] / med[IMPLS[2]]))
     progress.close()
     return rows
@@ -171,11 +188,31 @@ def to_markdown(rec: dict) -> str:
             f'{t["timm"] / t["toolkit (default)"]:.2f}x faster | '
             f'{r["best_possible_speedup_vs_timm"]:.2f}x | '
             f'{r["step_gflop"] / peak * 1e3:.0f} ms |')
+    compiled = [r for r in rec['rows'] if COMPILED in r['median_s']]
+    if compiled:
+        lines += ['', 'With `compile=True` (torch\'s compiler fuses GELU, GroupNorm, pooling and '
+                  'the residual updates, forward and backward, into generated C++ kernels; the '
+                  'matrix products stay torch\'s): how close fused element-wise work gets to '
+                  'the floor, in the same interleaved run.', '',
+                  '| arch | batch x input | compiled step | compiled / timm | above the floor '
+                  '| first step (compiling) | checked against eager |',
+                  '|---|---|---|---|---|---|---|']
+        for r in compiled:
+            t = r['median_s']
+            lines.append(
+                f'| {r["arch"]} | {r["batch"]}x{r["input"][0]}x{r["input"][1]} | '
+                f'{t[COMPILED] * 1e3:.0f} ms | {t["timm"] / t[COMPILED]:.2f}x faster | '
+                f'{(t[COMPILED] - t[IMPLS[2]]) * 1e3:.0f} ms | '
+                f'{r["compile_first_step_s"]:.0f} s | '
+                + ('agreed' if r['compile_rejected'] is None
+                   else f'**rejected** ({r["compile_rejected"]}; the row times eager)') + ' |')
     return '\n'.join(lines) + '\n'
 
 
 def main(argv=None) -> dict:
     p = step_parser(__doc__, ['poolformer_s12'], batch=1, repeats=7, warmup=1)
+    p.add_argument('--compile', action='store_true',
+                   help='also time the toolkit with compile=True (compiling takes minutes)')
     p.add_argument('--out', default=None, help='record path without extension (default: '
                    'benchmarks/results/step_floor_cpu)')
     args = p.parse_args(argv)
@@ -184,7 +221,8 @@ def main(argv=None) -> dict:
                                   + list(sys.argv[1:] if argv is None else argv)),
                machine=machine_info(torch.device('cpu')), versions=versions(),
                fp32_peak_gflops=fp32_peak_gflops(),
-               rows=run(args.archs, args.size, args.batch, args.repeats, args.warmup))
+               rows=run(args.archs, args.size, args.batch, args.repeats, args.warmup,
+                        args.compile))
     out = Path(args.out or ROOT / 'benchmarks' / 'results' / 'step_floor_cpu')
     write_record(out, rec, to_markdown(rec))
     print(to_markdown(rec))

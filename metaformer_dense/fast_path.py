@@ -38,7 +38,8 @@ asks :func:`observed` first and runs timm's modules whenever anything records or
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import contextlib
+from typing import Iterator, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -50,7 +51,7 @@ from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward',
-           'lean_applies', 'stage_forward_lean']
+           'lean_applies', 'stage_forward_lean', 'unfused_mlp']
 
 # Bytes of hidden activation per MLP chunk: rows x hidden floats, sized to stay in cache.
 CHUNK_BYTES = 4 << 20
@@ -151,6 +152,18 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torc
 # the output first. Inference only: training keeps fc1's output before the activation. None:
 # not tried yet; False: this torch build lacks it, so addmm and F.gelu run instead.
 _fused_linear: Optional[bool] = None
+
+
+@contextlib.contextmanager
+def unfused_mlp() -> Iterator[None]:
+    """Within it, the CPU path runs fc1 and its GELU as addmm + F.gelu, not oneDNN's fused
+    linear (what ``benchmarks.speed`` times side by side, and what builds without it run)."""
+    global _fused_linear
+    saved, _fused_linear = _fused_linear, False
+    try:
+        yield
+    finally:
+        _fused_linear = saved
 
 
 def _linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],

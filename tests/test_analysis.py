@@ -4,6 +4,8 @@ import signal
 from pathlib import Path
 
 import pytest
+import torch
+from tqdm import tqdm
 
 from benchmarks import report
 from benchmarks.report import measure
@@ -130,6 +132,22 @@ def test_benchmarks_refuse_a_bad_size_naming_it(capsys):
     assert "bad size '800-1216': write HxW" in capsys.readouterr().err
 
 
+def test_speed_switches_time_compile_bf16_and_the_unfused_cpu_mlp(monkeypatch):
+    from benchmarks import speed_timing
+    from metaformer_dense import MetaFormerBackbone, fast_path
+
+    def backbone(arch, compile=False):  # dynamo's graph run by eager: seconds, not minutes
+        return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
+    monkeypatch.setattr(speed_timing, 'MetaFormerBackbone', backbone)
+    rec = speed_timing.bench_switches('poolformer_s12', (64, 96), 1, 0, torch.device('cpu'),
+                                      tqdm(disable=True))
+    assert set(rec['impls']) == {'toolkit', 'compile', 'bf16 autocast', speed_timing.UNFUSED}
+    assert rec['compile_rejected'] is None
+    assert rec['max_abs_diff_vs_fp32_eager'][speed_timing.UNFUSED] < 1e-4
+    # the fused default is back after the row (where this torch has oneDNN's fused linear)
+    assert fast_path._fused_linear is torch.backends.mkldnn.is_available()
+
+
 def test_speed_benchmark_keeps_finished_sections_when_interrupted(tmp_path, monkeypatch):
     """A timeout (SIGTERM) or Ctrl-C during a later section still writes what was measured."""
     from benchmarks import speed
@@ -166,6 +184,22 @@ def test_step_floor_runs_the_steps_matrix_products_and_records_the_bound(tmp_pat
     with pytest.raises(SystemExit, match='pooling token mixers'):
         step_floor.main(['--archs', 'convformer_s18', '--size', '64x96', '--repeats', '1',
                          '--out', str(tmp_path / 'conv')])
+
+
+def test_step_floor_times_the_compiled_step_next_to_the_floor(tmp_path, monkeypatch):
+    from benchmarks import step_floor
+    from metaformer_dense import MetaFormerBackbone
+
+    def backbone(arch, compile=False):  # dynamo's graphs run by eager: seconds, not minutes
+        return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
+    monkeypatch.setattr(step_floor, 'MetaFormerBackbone', backbone)
+    rec = step_floor.main(['--size', '64x96', '--repeats', '1', '--warmup', '0', '--compile',
+                           '--out', str(tmp_path / 'floor')])
+    (row,) = rec['rows']
+    assert set(row['median_s']) == {*step_floor.IMPLS, step_floor.COMPILED}
+    assert row['compile_rejected'] is None and row['compile_first_step_s'] > 0
+    text = (tmp_path / 'floor.md').read_text()
+    assert 'With `compile=True`' in text and '| agreed |' in text
 
 
 def test_speed_benchmark_names_why_mmpretrain_does_not_import(monkeypatch):

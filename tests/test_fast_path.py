@@ -50,6 +50,22 @@ def test_inference_matches_timm_modules(arch, fused, small_chunks, spy, monkeypa
             torch.testing.assert_close(o, e, atol=1e-4, rtol=1e-4)
 
 
+def test_unfused_mlp_switches_the_fallback_on_and_restores(small_chunks, monkeypatch):
+    # benchmarks.speed times the CPU path with and without oneDNN's fused fc1 + GELU this way
+    monkeypatch.setattr(fast_path, '_fused_linear', None)
+    model = _randomized('poolformer_s12').eval()
+    with torch.no_grad():
+        fused = model(X)
+        with pytest.raises(RuntimeError, match='inside'):
+            with fast_path.unfused_mlp():
+                unfused = model(X)
+                assert fast_path._fused_linear is False
+                raise RuntimeError('inside')
+        assert fast_path._fused_linear is torch.backends.mkldnn.is_available()
+    for f, u in zip(fused, unfused):
+        torch.testing.assert_close(u, f, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18'])
 def test_training_gradients_match_timm_modules(arch, small_chunks, spy):
     # The chunked-MLP training path (lean_training=False; tests/test_lean_training.py covers
