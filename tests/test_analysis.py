@@ -132,13 +132,16 @@ def test_benchmarks_refuse_a_bad_size_naming_it(capsys):
     assert "bad size '800-1216': write HxW" in capsys.readouterr().err
 
 
+def _quick_compile_backbone(arch, compile=False):
+    """MetaFormerBackbone whose compile=True runs dynamo's graphs eagerly: seconds, not minutes."""
+    from metaformer_dense import MetaFormerBackbone
+    return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
+
+
 def test_speed_switches_time_compile_bf16_and_the_unfused_cpu_mlp(monkeypatch):
     from benchmarks import speed_timing
-    from metaformer_dense import MetaFormerBackbone, fast_path
-
-    def backbone(arch, compile=False):  # dynamo's graph run by eager: seconds, not minutes
-        return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
-    monkeypatch.setattr(speed_timing, 'MetaFormerBackbone', backbone)
+    from metaformer_dense import fast_path
+    monkeypatch.setattr(speed_timing, 'MetaFormerBackbone', _quick_compile_backbone)
     rec = speed_timing.bench_switches('poolformer_s12', (64, 96), 1, 0, torch.device('cpu'),
                                       tqdm(disable=True))
     assert set(rec['impls']) == {'toolkit', 'compile', 'bf16 autocast', speed_timing.UNFUSED}
@@ -188,11 +191,7 @@ def test_step_floor_runs_the_steps_matrix_products_and_records_the_bound(tmp_pat
 
 def test_step_floor_times_the_compiled_step_next_to_the_floor(tmp_path, monkeypatch):
     from benchmarks import step_floor
-    from metaformer_dense import MetaFormerBackbone
-
-    def backbone(arch, compile=False):  # dynamo's graphs run by eager: seconds, not minutes
-        return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
-    monkeypatch.setattr(step_floor, 'MetaFormerBackbone', backbone)
+    monkeypatch.setattr(step_floor, 'MetaFormerBackbone', _quick_compile_backbone)
     rec = step_floor.main(['--size', '64x96', '--repeats', '1', '--warmup', '0', '--compile',
                            '--out', str(tmp_path / 'floor')])
     (row,) = rec['rows']

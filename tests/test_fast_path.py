@@ -53,15 +53,23 @@ def test_inference_matches_timm_modules(arch, fused, small_chunks, spy, monkeypa
 def test_unfused_mlp_switches_the_fallback_on_and_restores(small_chunks, monkeypatch):
     # benchmarks.speed times the CPU path with and without oneDNN's fused fc1 + GELU this way
     monkeypatch.setattr(fast_path, '_fused_linear', None)
+    addmm_calls = []  # the unfused products: addmm, then F.gelu
+    linear = fast_path._linear
+    monkeypatch.setattr(fast_path, '_linear', lambda *a: addmm_calls.append(1) or linear(*a))
     model = _randomized('poolformer_s12').eval()
+    fused_here = torch.backends.mkldnn.is_available()
     with torch.no_grad():
         fused = model(X)
+        assert bool(addmm_calls) != fused_here
+        addmm_calls.clear()
         with pytest.raises(RuntimeError, match='inside'):
             with fast_path.unfused_mlp():
                 unfused = model(X)
-                assert fast_path._fused_linear is False
+                assert addmm_calls  # every MLP chunk went through addmm
                 raise RuntimeError('inside')
-        assert fast_path._fused_linear is torch.backends.mkldnn.is_available()
+        addmm_calls.clear()
+        model(X)  # the fused default is back, even after an exception inside
+        assert fast_path._fused_linear is fused_here and bool(addmm_calls) != fused_here
     for f, u in zip(fused, unfused):
         torch.testing.assert_close(u, f, atol=1e-4, rtol=1e-4)
 

@@ -56,7 +56,6 @@ def test_backbone_cuda_matches_cpu(arch):
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = tf32
 
 
-
 def test_compiled_backbone_on_cuda_returns_eager_numbers():
     """compile=True at detection size: inductor on torch 2.11 (H200) got stage 3 wrong by up to
     37 here; the backbone must hand back eager's numbers (dropping a wrong compile, warning)."""
