@@ -115,7 +115,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         if key in metrics:
             print(f'  {key:<18} {metrics[key]:.{digits}f}')
     if not metrics:
-        print('  (no validation metrics were logged; see the training log above)')
+        sys.exit(f'error: the run logged none of {", ".join(shown)} in {work_dir}: the validation '
+                 'at the end of training did not run or failed (see the training log above)')
     print(f'Checkpoint: {checkpoint}')
     print(f'Predictions drawn on {len(pictures)} validation images, in {work_dir / "vis"}:')
     for p in pictures:

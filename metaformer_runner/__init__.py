@@ -9,8 +9,8 @@ runner checkpoints, loads whole models strictly, and reads what runs leave in a 
   :func:`teardown_distributed` (a clean exit);
 * :mod:`.checkpoints`: :class:`AtomicCheckpointHook`, :func:`find_resumable_checkpoint`,
   :func:`load_model_strictly` (whole models, from a safely read file);
-* :mod:`.faults`: hooks that name a bad sample or a NaN loss, the checkpoint an elastic
-  restart resumes from;
+* :mod:`.faults`: the runner that names a bad sample, the hook that names a NaN loss, the
+  checkpoint an elastic restart resumes from;
 * :mod:`.results`: :func:`read_metrics` from a work dir, :class:`DumpSegResults`.
 """
 from .checkpoints import (AtomicCheckpointHook, find_resumable_checkpoint, load_model_strictly,

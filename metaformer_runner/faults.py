@@ -1,14 +1,15 @@
 """Runs that die of a bad sample, a diverging loss or a lost worker say why, and come back.
 
-* :class:`NameBadSamplesHook` makes a sample that cannot be loaded (a missing or corrupt image,
-  a missing label map) stop the run with :class:`BadSampleError`, naming the file and its
+* :class:`SampleNamingRunner` (mmengine's ``Runner``, whose dataloaders load through
+  :func:`name_bad_samples`) makes a sample that cannot be loaded (a missing or corrupt image, a
+  missing label map) stop the run with :class:`BadSampleError`, naming the file and its
   annotation entry, instead of an assertion deep inside a dataloader worker.
 * :class:`StopOnNonFiniteLossHook` stops at the first iteration whose loss is NaN or infinite
   (:class:`NonFiniteLossError`), naming the iteration, the loss terms and the last checkpoint
   written, before that iteration's checkpoint is saved. It extends mmdet's
   ``CheckInvalidLossHook`` idea (a bare ``assert`` with no message, detection only) to every
   config and to each loss term.
-* :func:`use_fault_hooks` adds both to a config; :func:`elastic_resume_checkpoint` picks the
+* :func:`use_fault_hooks` adds the loss check to a config; :func:`elastic_resume_checkpoint` picks the
   checkpoint a torchrun restart (``tools/dist_train.sh`` with ``MAX_RESTARTS``) resumes from.
 """
 from __future__ import annotations
@@ -23,11 +24,13 @@ from typing import Any, Callable, Optional
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
-from mmengine.registry import HOOKS
+from mmengine.registry import HOOKS, RUNNERS
+from mmengine.runner import Runner
 
 __all__ = [
-    'BadSampleError', 'NonFiniteLossError', 'NameBadSamplesHook', 'StopOnNonFiniteLossHook',
-    'use_fault_hooks', 'elastic_restart_count', 'elastic_resume_checkpoint'
+    'BadSampleError', 'NonFiniteLossError', 'name_bad_samples', 'SampleNamingRunner',
+    'StopOnNonFiniteLossHook', 'use_fault_hooks', 'elastic_restart_count',
+    'elastic_resume_checkpoint'
 ]
 
 _CKPT_NAME = re.compile(r'^(iter|epoch)_(\d+)\.pth$')
@@ -37,6 +40,15 @@ _ENTRY_KEYS = ('img_id', 'img_path', 'seg_map_path', 'sample_idx')
 
 class BadSampleError(RuntimeError):
     """A dataset sample could not be loaded; the message names its file and annotation entry."""
+
+    def __init__(self, message: str) -> None:
+        # torch re-raises a dataloader worker's exception in the main process as
+        # ``type(err)("Caught ... in DataLoader worker ...<the worker's traceback>")``: keep the
+        # message the worker raised, not the traceback text around it.
+        marker = f'{type(self).__name__}: '
+        if message.startswith('Caught ') and marker in message:
+            message = message.rsplit(marker, 1)[1].strip()
+        super().__init__(message)
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -98,34 +110,46 @@ def _leaf_datasets(dataset: Any) -> list:
     return [dataset]
 
 
-@HOOKS.register_module()
-class NameBadSamplesHook(Hook):
-    """Turn a sample that fails to load into a :class:`BadSampleError` naming file and entry.
+def name_bad_samples(dataset: Any) -> Any:
+    """Make every pipeline under ``dataset`` raise :class:`BadSampleError` for a failing sample.
 
-    Wraps the pipeline of every dataset the train and validation loops use before training
-    starts (and restarts dataloader workers an iteration-based loop already started). Any error a
-    pipeline raises is re-raised with the sample's file, its annotation entry (``img_id`` for
-    COCO, the label map for segmentation) and its index in the annotation file, so one bad image
-    among a million is found in seconds.
+    The error names the sample's file, its annotation entry (``img_id`` for COCO, the label map
+    for segmentation) and its index in the annotation file, so one bad image among a million is
+    found in seconds. Wrappers (``ConcatDataset``, ``RepeatDataset``, ...) are followed to the
+    datasets that own a pipeline; a pipeline wrapped already is left as it is.
+
+    Call it before the first iterator over a dataloader of ``dataset`` exists: worker processes
+    copy the dataset when they start, and keep the pipelines they copied.
+
+    Args:
+        dataset: A dataset, or ``None`` (nothing to do).
+
+    Returns:
+        ``dataset``, its pipelines wrapped in place.
+    """
+    for leaf in _leaf_datasets(dataset) if dataset is not None else ():
+        pipeline = getattr(leaf, 'pipeline', None)
+        if pipeline is not None and not isinstance(pipeline, _NamedPipeline):
+            leaf.pipeline = _NamedPipeline(pipeline, leaf)
+    return dataset
+
+
+@RUNNERS.register_module()
+class SampleNamingRunner(Runner):
+    """mmengine's ``Runner`` whose dataloaders load samples through :func:`name_bad_samples`.
+
+    The pipelines are wrapped as each dataloader is built (``Runner.build_dataloader``, which
+    every train, validation and test loop calls), before any worker starts, so the naming holds
+    for epoch- and iteration-based loops, with or without (persistent) workers, for every sampler,
+    in every process of a distributed run. ``tools/train.py`` and ``tools/test.py`` build it
+    unless a config names another ``runner_type``.
     """
 
-    priority = 'VERY_HIGH'
-
-    def before_train(self, runner) -> None:
-        loaders = [runner.train_dataloader]
-        if getattr(runner, '_val_loop', None) is not None and runner.val_loop is not None:
-            loaders.append(runner.val_loop.dataloader)
-        for loader in loaders:
-            for dataset in _leaf_datasets(getattr(loader, 'dataset', None)):
-                pipeline = getattr(dataset, 'pipeline', None)
-                if pipeline is not None and not isinstance(pipeline, _NamedPipeline):
-                    dataset.pipeline = _NamedPipeline(pipeline, dataset)
-        # IterBasedTrainLoop starts its dataloader workers when it is built, before any hook:
-        # restart them so that they, too, load through the wrapped pipelines.
-        loop, started = runner.train_loop, getattr(runner.train_loop, 'dataloader_iterator', None)
-        if started is not None and getattr(loop.dataloader, 'num_workers', 0) > 0:
-            loop.dataloader._iterator = None  # persistent workers would keep the old pipelines
-            loop.dataloader_iterator = type(started)(loop.dataloader)
+    @staticmethod
+    def build_dataloader(dataloader, seed: Optional[int] = None, diff_rank_seed: bool = False):
+        loader = Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+        name_bad_samples(getattr(loader, 'dataset', None))
+        return loader
 
 
 @HOOKS.register_module()
@@ -171,17 +195,18 @@ def _as_float(value: Any) -> Optional[float]:
 
 
 def use_fault_hooks(cfg: Config) -> None:
-    """Add :class:`NameBadSamplesHook` and :class:`StopOnNonFiniteLossHook` to ``cfg``.
+    """Add :class:`StopOnNonFiniteLossHook` to ``cfg`` (bad samples: :class:`SampleNamingRunner`).
 
     mmdet's ``CheckInvalidLossHook`` in the config is replaced (it fails with an empty message
-    and checks the total loss only); hooks already present are kept as configured.
+    and checks the total loss only); a ``StopOnNonFiniteLossHook`` already present is kept as
+    configured. ``NameBadSamplesHook`` entries (configs dumped by toolkit versions before 0.2, when
+    a hook named bad samples) are dropped: the runner does that job now.
     """
+    replaced = ('CheckInvalidLossHook', 'NameBadSamplesHook')
     hooks = [h for h in (cfg.get('custom_hooks') or [])
-             if not (isinstance(h, dict) and h.get('type') == 'CheckInvalidLossHook')]
-    present = {h.get('type') for h in hooks if isinstance(h, dict)}
-    for name in ('NameBadSamplesHook', 'StopOnNonFiniteLossHook'):
-        if name not in present:
-            hooks.append(dict(type=name))
+             if not (isinstance(h, dict) and h.get('type') in replaced)]
+    if 'StopOnNonFiniteLossHook' not in {h.get('type') for h in hooks if isinstance(h, dict)}:
+        hooks.append(dict(type='StopOnNonFiniteLossHook'))
     cfg.custom_hooks = hooks
 
 

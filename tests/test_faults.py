@@ -213,8 +213,9 @@ def coco_copy(tmp_path) -> tuple:
     return root, Path(third['img_path']), third['img_id']
 
 
-@pytest.mark.parametrize('damage', ['missing', 'corrupt'])
-def test_bad_image_stops_naming_file_and_entry(coco_copy, tmp_path, damage):
+@pytest.mark.parametrize('damage, workers', [('missing', 0), ('corrupt', 0), ('corrupt', 2)],
+                         ids=['missing', 'corrupt', 'corrupt-in-a-worker'])
+def test_bad_image_stops_naming_file_and_entry(coco_copy, tmp_path, damage, workers):
     """Images are read in order (no shuffle): iterations 1-2 train and save, the 3rd is bad."""
     root, bad, img_id = coco_copy
     if damage == 'missing':
@@ -225,7 +226,8 @@ def test_bad_image_stops_naming_file_and_entry(coco_copy, tmp_path, damage):
     proc = run_script('tools/train.py', DET_CFG, '--work-dir', work, '--cfg-options',
                       f'train_dataloader.dataset.data_root={root}/',
                       'train_dataloader.dataset.indices=4', 'train_dataloader.sampler.shuffle=False',
-                      ok=False, env=ENV, timeout=TIMEOUT)
+                      f'train_dataloader.num_workers={workers}', ok=False, env=ENV,
+                      timeout=TIMEOUT)
     assert proc.returncode != 0
     message, out = proc.stderr.strip().splitlines()[-1], proc.stdout + proc.stderr
     assert message.startswith('error: Could not load the sample'), out[-3000:]
@@ -239,6 +241,50 @@ def test_bad_image_stops_naming_file_and_entry(coco_copy, tmp_path, damage):
     assert load_checkpoint(work / 'iter_2.pth')['meta']['iter'] == 2  # written and intact
     assert (work / 'last_checkpoint').read_text().strip() == str(work / 'iter_2.pth')
     assert not list(work.glob('*.tmp'))
+
+
+# ------------------------------------------------------------------ iteration loops with workers
+#: The tools segmentation config (2 training images, batch 1: one pass is 2 iterations) trained
+#: for 5 iterations through dataloader workers: 2.5 passes over its data.
+WORKER_OPTIONS = ['train_cfg.max_iters=5', 'train_cfg.val_interval=5',
+                  'default_hooks.checkpoint.interval=5', 'train_dataloader.num_workers=2']
+
+
+@pytest.mark.parametrize('persistent', [True, False], ids=['persistent', 'respawned'])
+def test_iteration_loop_with_workers_trains_past_one_pass_over_its_data(tmp_path, persistent):
+    """mmseg's InfiniteSampler never ends; the loop must not meet the end of its dataloader.
+
+    A hook that restarted the loop's started iterator closed the sampler's shared index
+    generator, so the loader ran dry after one pass ("Reach the end of the dataloader", then
+    StopIteration): every Semantic FPN / UperNet run stopped after ~630 of 40k iterations.
+    """
+    work = tmp_path / 'work'
+    proc = run_script('tools/train.py', SEG_CFG, '--work-dir', work, '--cfg-options',
+                      *WORKER_OPTIONS, f'train_dataloader.persistent_workers={persistent}',
+                      env=ENV, timeout=TIMEOUT)
+    out = proc.stdout + proc.stderr
+    assert 'Iter(train) [5/5]' in out, out[-3000:]
+    assert 'Reach the end of the dataloader' not in out
+    assert 'mIoU' in out
+    assert load_checkpoint(work / 'iter_5.pth')['meta']['iter'] == 5
+
+
+def test_bad_label_map_in_a_worker_stops_naming_file_and_entry(tmp_path):
+    """The naming holds inside dataloader workers of an iteration-based loop too."""
+    root = tmp_path / 'tiny_ade20k'
+    shutil.copytree(REPO / 'data/tiny_ade20k', root)
+    labels = sorted((root / 'annotations/training').glob('*.png'))
+    bad = labels[1]  # the 2nd of the 2 training samples the tools config uses
+    bad.unlink()
+    proc = run_script('tools/train.py', SEG_CFG, '--work-dir', tmp_path / 'work',
+                      '--cfg-options', *WORKER_OPTIONS, f'train_dataloader.dataset.data_root={root}',
+                      'train_dataloader.sampler.shuffle=False', ok=False, env=ENV,
+                      timeout=TIMEOUT)
+    assert proc.returncode != 0
+    message, out = proc.stderr.strip().splitlines()[-1], proc.stdout + proc.stderr
+    assert message.startswith('error: Could not load the sample'), out[-3000:]
+    assert f'seg_map_path={str(bad)!r}' in message and f'{bad} does not exist' in message
+    assert 'sample 1 of 2 in' in message
 
 
 # ----------------------------------------------------------------------------- NaN loss
@@ -274,9 +320,33 @@ def test_every_config_gets_both_checks_and_mmdets_silent_one_is_replaced():
     cfg = Config(dict(custom_hooks=[dict(type='CheckInvalidLossHook', interval=50),
                                     dict(type='EMAHook')]))
     use_fault_hooks(cfg)
-    assert [h['type'] for h in cfg.custom_hooks] == [
-        'EMAHook', 'NameBadSamplesHook', 'StopOnNonFiniteLossHook']
-    cfg = Config(dict(custom_hooks=[dict(type='StopOnNonFiniteLossHook', interval=10)]))
-    use_fault_hooks(cfg)  # a configured one is kept as it is
-    assert cfg.custom_hooks == [dict(type='StopOnNonFiniteLossHook', interval=10),
-                                dict(type='NameBadSamplesHook')]
+    assert [h['type'] for h in cfg.custom_hooks] == ['EMAHook', 'StopOnNonFiniteLossHook']
+    # a configured one is kept as it is; the bad-sample hook of configs dumped by older versions
+    # of the toolkit is dropped (SampleNamingRunner does its job)
+    cfg = Config(dict(custom_hooks=[dict(type='StopOnNonFiniteLossHook', interval=10),
+                                    dict(type='NameBadSamplesHook')]))
+    use_fault_hooks(cfg)
+    assert cfg.custom_hooks == [dict(type='StopOnNonFiniteLossHook', interval=10)]
+
+
+@pytest.mark.parametrize('sampler', ['DefaultSampler', 'InfiniteSampler'])
+def test_runner_dataloaders_name_a_bad_sample_in_persistent_workers(tmp_path, sampler):
+    """Epoch-based (DefaultSampler) or iteration-based: a worker's error names the sample."""
+    import mmseg.datasets  # noqa: F401  (registers ADE20KDataset and its transforms)
+    from mmengine.registry import init_default_scope
+    from metaformer_runner.faults import BadSampleError, SampleNamingRunner
+    init_default_scope('mmseg')
+    root = tmp_path / 'tiny_ade20k'
+    shutil.copytree(REPO / 'data/tiny_ade20k', root)
+    bad = sorted((root / 'images/training').glob('*.jpg'))[0]
+    bad.write_bytes(b'')
+    loader = SampleNamingRunner.build_dataloader(dict(
+        batch_size=1, num_workers=2, persistent_workers=True,
+        sampler=dict(type=sampler, shuffle=False),
+        dataset=dict(type='ADE20KDataset', data_root=str(root), indices=2,
+                     data_prefix=dict(img_path='images/training',
+                                      seg_map_path='annotations/training'),
+                     pipeline=[dict(type='LoadImageFromFile'), dict(type='PackSegInputs')])),
+        seed=0)
+    with pytest.raises(BadSampleError, match=rf'{re.escape(str(bad))} is empty'):
+        next(iter(loader))

@@ -82,11 +82,11 @@ def apply_args(cfg, args: argparse.Namespace) -> None:
 def main() -> None:
     args = parse_args()
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
 
     from metaformer_dense.checkpoint import CheckpointError, read_checkpoint
     from metaformer_runner import (DumpSegResults, check_dataset_paths, load_config,
                                    load_model_strictly, setup_distributed, teardown_distributed)
+    from metaformer_runner.faults import SampleNamingRunner
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
@@ -99,7 +99,9 @@ def main() -> None:
         setup_distributed(cfg, args.launcher)
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    # A sample that cannot be loaded stops the test naming its file and annotation entry.
+    runner = (SampleNamingRunner.from_cfg(cfg) if 'runner_type' not in cfg
+              else RUNNERS.build(cfg))
     # The Runner's own load is strict=False: a checkpoint of another model would only warn and
     # the test would score random weights. Load strictly here, as Runner.load_checkpoint does
     # otherwise (its after_load_checkpoint hooks first, e.g. EMA).

@@ -110,11 +110,11 @@ def main() -> None:
     args = parse_args()
     faulthandler.register(signal.SIGUSR1, all_threads=True)  # kill -USR1 PID: where it hangs
     from mmengine.registry import RUNNERS
-    from mmengine.runner import Runner
 
     from metaformer_runner import (check_dataset_paths, load_config, setup_distributed,
                                    teardown_distributed, use_atomic_checkpoints)
-    from metaformer_runner.faults import BadSampleError, NonFiniteLossError, use_fault_hooks
+    from metaformer_runner.faults import (BadSampleError, NonFiniteLossError, SampleNamingRunner,
+                                          use_fault_hooks)
     try:
         cfg = load_config(args.config, args.cfg_options)
         apply_args(cfg, args)
@@ -125,8 +125,9 @@ def main() -> None:
     except (FileNotFoundError, ValueError) as err:
         sys.exit(f'error: {err}')
     use_atomic_checkpoints(cfg)
-    use_fault_hooks(cfg)  # bad samples and NaN losses stop the run with a named cause
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    use_fault_hooks(cfg)  # NaN losses stop the run with a named cause; bad samples: the runner
+    runner = (SampleNamingRunner.from_cfg(cfg) if 'runner_type' not in cfg
+              else RUNNERS.build(cfg))
     error = None
     try:
         runner.train()
