@@ -5,9 +5,10 @@ and imports no runner code, no plugin and neither mmdet nor mmseg. ``mmdet_plugi
 :class:`MetaFormerBackbone` with mmdet's and mmseg's model registries as ``type='MetaFormer'``.
 """
 from .backbone import ARCHS, MetaFormerBackbone
-from .checkpoint import (CheckpointError, allow_runner_checkpoints, convert_state_dict,
-                         read_checkpoint)
+from .checkpoint import convert_state_dict, read_checkpoint
+from .errors import CheckpointError
 from .layer_decay import MetaFormerLayerDecayConstructor
+from .mmengine_setup import allow_runner_checkpoints
 
 __all__ = ['ARCHS', 'MetaFormerBackbone', 'CheckpointError', 'convert_state_dict',
            'read_checkpoint', 'allow_runner_checkpoints', 'MetaFormerLayerDecayConstructor']

@@ -20,11 +20,13 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from . import fast_path, weights_fit
-from .checkpoint import WeightsFit, extract_state_dict, read_checkpoint, split_backbone
+from . import fast_path, lean_training, weights_fit
+from .checkpoint import convert_state_dict, extract_state_dict, read_checkpoint, split_backbone
 from .compile_guard import CheckedCompile
+from .errors import CheckpointError
+from .weights_fit import WeightsFit
 
-__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch']
+__all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch', 'find_arch']
 
 #: Every MetaFormer variant timm ships: ``poolformer*``, ``convformer_*``, ``caformer_*``.
 ARCHS: Tuple[str, ...] = tuple(sorted(timm.list_models(module='metaformer')))
@@ -42,6 +44,34 @@ def resolve_arch(arch: str) -> str:
     if arch not in ARCHS:
         raise ValueError(f'unknown MetaFormer arch {arch!r}; choose one of: {", ".join(ARCHS)}')
     return arch
+
+
+def find_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
+    """Name the timm MetaFormer architecture whose weights ``state_dict`` holds exactly.
+
+    Args:
+        state_dict: Backbone weights in any supported layout, without a ``backbone.`` prefix.
+
+    Raises:
+        CheckpointError: No architecture fits exactly (or the weights are not a MetaFormer's).
+    """
+    plain = convert_state_dict(state_dict).state_dict
+    if any('.token_mixer.qkv.' in k for k in plain):
+        family = 'caformer_'
+    elif any('.token_mixer.pwconv1.' in k for k in plain):
+        family = 'convformer_'
+    else:
+        fc1 = plain.get('stages.0.blocks.0.mlp.fc1.weight')
+        family = 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
+    for arch in (a for a in ARCHS if a.startswith(family)):
+        with torch.device('meta'):  # shapes and dtypes only, no memory
+            candidate = MetaFormerBackbone(arch)
+        fit = candidate.fit_weights(state_dict)
+        if fit.fits and not fit.unexpected:
+            return arch
+    raise CheckpointError(
+        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
+        'keys or shapes differ')
 
 
 _NORM_TYPES = (nn.GroupNorm, nn.LayerNorm, nn.modules.batchnorm._BatchNorm)
@@ -246,12 +276,12 @@ class MetaFormerBackbone(BaseModule):
         lean = (unobserved and torch.is_grad_enabled()
                 and (self.lean_training if self.lean_training is not None
                      else x.device.type == 'cpu' and self._pooling_mixers)
-                and fast_path.lean_applies(x))
+                and lean_training.lean_applies(x))
         fast = unobserved and fast_path.applies(x)
         outs = []
         for i, stage in enumerate(self.stages):
             if lean and self._fast_stages[i]:
-                x = fast_path.stage_forward_lean(stage, x)
+                x = lean_training.stage_forward_lean(stage, x)
             elif fast and self._fast_stages[i]:
                 x = fast_path.stage_forward(stage, x)
             else:

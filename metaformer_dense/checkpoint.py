@@ -15,13 +15,6 @@ tensors in, tensors out, plus a list of the keys it dropped (ImageNet classifier
 :func:`read_checkpoint` never unpickles arbitrary objects: pickled files go through
 ``torch.load(weights_only=True)``, which refuses any global that is not on torch's allow-list, so
 a checkpoint cannot run code when it is read.
-
-mmengine 0.10.7 calls ``torch.load`` without ``weights_only``; since torch 2.6 that means
-``weights_only=True``, which refuses the few non-tensor objects a runner checkpoint pickles
-(mmengine's ``HistoryBuffer`` and numpy arrays/scalars in the message hub). Instead of loading
-with ``weights_only=False`` (arbitrary code execution for an untrusted file),
-:func:`allow_runner_checkpoints` adds exactly those classes to torch's allow-list (the plugins
-call it). Nothing on the list can run code when unpickled.
 """
 from __future__ import annotations
 
@@ -32,20 +25,17 @@ import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
-import numpy as np
 import torch
+
+from .download import resolve_checkpoint
+from .errors import CheckpointError
 
 Tensor = torch.Tensor
 
 __all__ = [
-    'allow_runner_checkpoints', 'RUNNER_CHECKPOINT_GLOBALS', 'check_float_weights',
-    'CheckpointError', 'ConversionResult', 'WeightsFit', 'convert_state_dict', 'detect_format',
+    'check_float_weights', 'ConversionResult', 'convert_state_dict', 'detect_format',
     'read_checkpoint', 'extract_state_dict', 'split_backbone', 'strip_ddp_prefix',
 ]
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file cannot be read, or does not fit the model it is loaded into."""
 
 
 @dataclass
@@ -62,33 +52,6 @@ class ConversionResult:
     source_format: str
     renamed: List[Tuple[str, str]] = field(default_factory=list)
     dropped: List[str] = field(default_factory=list)
-
-
-@dataclass
-class WeightsFit:
-    """How backbone weights fit a backbone (``MetaFormerBackbone.fit_weights`` judges).
-
-    Attributes:
-        conversion: The weights under this toolkit's key names, and what was renamed or dropped.
-        missing: Keys of the backbone that the weights lack.
-        unexpected: Keys of the weights that the backbone does not have.
-        problem: Why the weights do not fit (a sentence naming keys, shapes and depths), or ''.
-    """
-    conversion: ConversionResult
-    missing: List[str]
-    unexpected: List[str]
-    problem: str = ''
-
-    @property
-    def fits(self) -> bool:
-        """Whether the weights are this architecture's."""
-        return not self.problem
-
-    def check(self, what: str) -> None:
-        """Unless the weights fit, raise :class:`CheckpointError`: ``what`` (e.g. ``"checkpoint
-        'x.pth'"``) followed by the problem."""
-        if self.problem:
-            raise CheckpointError(f'{what} {self.problem}')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,34 +213,6 @@ def _differs_by_singletons(src: Tuple[int, ...], dst: Tuple[int, ...]) -> bool:
 # ----------------------------------------------------------------------------------------------
 # Reading files
 # ----------------------------------------------------------------------------------------------
-def _numpy_globals() -> list:
-    core = getattr(np, '_core', None) or np.core  # numpy 2.x renamed np.core to np._core
-    found = [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype]
-    # numpy >= 1.25 pickles dtypes by their class (numpy.dtypes.Float64DType, ...)
-    dtypes = getattr(np, 'dtypes', None)
-    if dtypes is not None:
-        found += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith('DType')]
-    return found
-
-
-def _globals() -> list:
-    from mmengine.logging.history_buffer import HistoryBuffer
-    # `getattr` is how numpy 2 pickles its dtype classes; torch still refuses to *call* anything
-    # that getattr returns unless it is itself on the allow-list.
-    return [HistoryBuffer, getattr, *_numpy_globals()]
-
-
-RUNNER_CHECKPOINT_GLOBALS = None
-
-
-def allow_runner_checkpoints() -> None:
-    """Allow-list the classes mmengine runner checkpoints need (idempotent)."""
-    global RUNNER_CHECKPOINT_GLOBALS
-    if RUNNER_CHECKPOINT_GLOBALS is None:
-        RUNNER_CHECKPOINT_GLOBALS = _globals()
-        torch.serialization.add_safe_globals(RUNNER_CHECKPOINT_GLOBALS)
-
-
 def _is_safetensors(path: str) -> bool:
     """Sniff the safetensors layout: an 8-byte little-endian header size, then a JSON object."""
     with open(path, 'rb') as f:
@@ -302,7 +237,6 @@ def read_checkpoint(path: str) -> dict:
         CheckpointError: the path is missing, a directory, empty, truncated, not a checkpoint,
             or holds objects that are not plain tensors and containers.
     """
-    from .download import resolve_checkpoint  # here: download.py builds on this module
     path = resolve_checkpoint(os.fspath(path))
     if not os.path.exists(path):
         raise CheckpointError(f'checkpoint not found: {path!r}; check the path in the config '

@@ -29,9 +29,9 @@ import urllib.parse
 import urllib.request
 from typing import Optional
 
-from .checkpoint import CheckpointError
+from .errors import DownloadError
 
-__all__ = ['DownloadError', 'is_remote', 'register_url_loaders', 'resolve_checkpoint', 'url_cache_path']
+__all__ = ['DownloadError', 'HF_PREFIX', 'is_remote', 'resolve_checkpoint', 'url_cache_path']
 
 HF_PREFIX = 'hf-hub:'
 # Weight files a timm hub repository may hold, in the order timm prefers them.
@@ -40,10 +40,6 @@ _HF_FILES = ('model.safetensors', 'pytorch_model.bin', 'open_clip_pytorch_model.
 _HASH_IN_NAME = re.compile(r'-([a-f0-9]{6,64})\.')
 _HOW_TO_OVERRIDE = ('or point the config at a local file, e.g. --cfg-options '
                     'model.backbone.init_cfg.checkpoint=/path/to/weights.pth')
-
-
-class DownloadError(CheckpointError):
-    """A checkpoint named by URL or hub name could not be fetched; the message says what to do."""
 
 
 def is_remote(spec: str) -> bool:
@@ -183,19 +179,3 @@ def _hf_hub_file(name: str) -> str:
         f'Fetch it on a connected machine (huggingface-cli download {repo}) and copy the cache, '
         f'{_HOW_TO_OVERRIDE}')
 
-
-def register_url_loaders() -> None:
-    """Route mmengine's checkpoint loading of URLs and ``hf-hub:`` names through this module.
-
-    After this, ``load_from=URL`` in a config, ``mmengine.runner.load_checkpoint(model, URL)``,
-    mmdet's ``init_detector`` and mmseg's ``init_model`` fetch into the same caches and read the
-    file with the same safe reader as :func:`~metaformer_dense.checkpoint.read_checkpoint`
-    (mmengine's own HTTP loader unpickles whatever the server sends). Idempotent.
-    """
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    def load(filename: str, map_location=None) -> dict:
-        from .checkpoint import read_checkpoint
-        return read_checkpoint(filename)  # tensors on CPU; mmengine copies them into the model
-
-    CheckpointLoader.register_scheme(prefixes=('http://', 'https://', HF_PREFIX), force=True)(load)

@@ -45,16 +45,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from timm.models.metaformer import MetaFormerBlock, MetaFormerStage, Pooling, Scale, StarReLU
+from timm.models.metaformer import MetaFormerBlock, MetaFormerStage, Pooling
 from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules import module as _module
 from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
-__all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward',
-           'lean_applies', 'stage_forward_lean', 'unfused_mlp']
+from .chunked_mlp import (act_forward, act_spec, as_matrix, chunk_rows, mlp_backward_chunks,
+                          mlp_forward_chunks, mlp_weights, residual_, scale_of, supported_block)
 
-# Bytes of hidden activation per MLP chunk: rows x hidden floats, sized to stay in cache.
-CHUNK_BYTES = 4 << 20
+__all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward',
+           'unfused_mlp']
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -79,22 +79,10 @@ def recording() -> bool:
             or is_in_torch_dispatch_mode())
 
 
-def _supported_block(block: nn.Module) -> bool:
-    if not isinstance(block, MetaFormerBlock):
-        return False
-    mlp = block.mlp
-    convs = (getattr(mlp, 'fc1', None), getattr(mlp, 'fc2', None))
-    return (all(isinstance(c, nn.Conv2d) and c.kernel_size == (1, 1) and c.groups == 1
-                and c.stride == (1, 1) and c.padding == (0, 0) for c in convs)
-            and isinstance(getattr(mlp, 'norm', None), nn.Identity)
-            and all(isinstance(m, (Scale, nn.Identity)) for m in (
-                block.layer_scale1, block.layer_scale2, block.res_scale1, block.res_scale2)))
-
-
 def stage_supported(stage: nn.Module) -> bool:
     """Stages whose blocks are channels-first MetaFormer blocks with a 1x1-conv MLP."""
     return (isinstance(stage, MetaFormerStage) and stage.use_nchw
-            and all(_supported_block(b) for b in stage.blocks))
+            and all(supported_block(b) for b in stage.blocks))
 
 
 def has_hooks(module: nn.Module) -> bool:
@@ -119,28 +107,6 @@ def observed(module: nn.Module) -> bool:
     write would be replayed wrongly, and a hooked module's output must not be overwritten later.
     """
     return recording() or has_hooks(module)
-
-
-def _chunk_rows(hidden: int) -> int:
-    return max(64, CHUNK_BYTES // (4 * hidden))
-
-
-def _scale(module: nn.Module) -> Optional[torch.Tensor]:
-    """Per-channel factor of a timm ``Scale`` (None for ``Identity``)."""
-    return module.scale if isinstance(module, Scale) else None
-
-
-def _matrix(t: torch.Tensor) -> torch.Tensor:
-    """``(N, C, H, W)`` channels-last tensor as its ``(N*H*W, C)`` matrix (a view: writes land
-    in ``t``; raises if ``t`` is not channels-last contiguous)."""
-    return t.permute(0, 2, 3, 1).view(-1, t.shape[1])
-
-
-def _weights(mlp: nn.Module):
-    """``fc1``/``fc2`` weights as ``(hidden, C)`` / ``(C, hidden)`` matrices (views)."""
-    w1 = mlp.fc1.weight.reshape(mlp.fc1.out_channels, mlp.fc1.in_channels)
-    w2 = mlp.fc2.weight.reshape(mlp.fc2.out_channels, mlp.fc2.in_channels)
-    return w1, w2
 
 
 def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torch.Tensor:
@@ -183,101 +149,6 @@ def _linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
     return h if gelu is None else F.gelu(h, approximate=gelu)
 
 
-def _act_spec(act: nn.Module) -> Optional[Tuple[Tuple, Optional[torch.Tensor],
-                                                 Optional[torch.Tensor]]]:
-    """``(kind, star_scale, star_bias)`` for the activations computed here, else None.
-
-    ``kind`` is ``('gelu', approximate)`` or ``('star',)`` (timm's StarReLU,
-    ``scale * relu(a) ** 2 + bias`` with learnable scalar ``scale`` and ``bias``).
-    """
-    if isinstance(act, nn.GELU):
-        return ('gelu', act.approximate), None, None
-    if isinstance(act, StarReLU):
-        return ('star',), act.scale, act.bias
-    return None
-
-
-def _act_forward(kind: Tuple, a: torch.Tensor, star_scale: Optional[torch.Tensor],
-                 star_bias: Optional[torch.Tensor], inplace: bool = False) -> torch.Tensor:
-    """The activation of :func:`_act_spec`'s ``kind`` on a chunk (``inplace``: may reuse ``a``)."""
-    if kind[0] == 'gelu':
-        return F.gelu(a, approximate=kind[1])
-    r = a.relu_() if inplace else a.relu()
-    return r.square_().mul_(star_scale).add_(star_bias)
-
-
-def _residual_(x: torch.Tensor, res_scale: Optional[torch.Tensor],
-               layer_scale: Optional[torch.Tensor], branch: torch.Tensor) -> None:
-    """``x = res_scale * x + layer_scale * branch``, in place; scales run along x's last dim."""
-    if res_scale is not None:
-        x.mul_(res_scale)
-    if layer_scale is not None:
-        x.addcmul_(branch, layer_scale)
-    else:
-        x.add_(branch)
-
-
-def mlp_forward_chunks(y, w1, b1, w2, b2, act: Tuple, star_scale, star_bias, rows: int):
-    """``fc2(act(fc1(y)))`` on a ``(M, C)`` matrix, ``rows`` rows at a time.
-
-    Returns ``(pre, out)``: fc1's output (what backward keeps) and the MLP's output.
-    """
-    m, hidden = y.shape[0], w1.shape[0]
-    pre = y.new_empty(m, hidden)
-    out = y.new_empty(m, w2.shape[0])
-    for s in range(0, m, rows):
-        a = pre[s:s + rows]
-        if b1 is not None:
-            torch.addmm(b1, y[s:s + rows], w1.t(), out=a)
-        else:
-            torch.mm(y[s:s + rows], w1.t(), out=a)
-        g = _act_forward(act, a, star_scale, star_bias)
-        if b2 is not None:
-            torch.addmm(b2, g, w2.t(), out=out[s:s + rows])
-        else:
-            torch.mm(g, w2.t(), out=out[s:s + rows])
-    return pre, out
-
-
-def mlp_backward_chunks(y, pre, d, w1, w2, act: Tuple, star_scale, star_bias, rows: int,
-                        need_e: bool, need_w1: bool, need_b1: bool, need_ss: bool,
-                        need_sb: bool, need_y: bool):
-    """Backward of ``d = dL/d fc2(act(fc1(y)))`` over ``(M, C)`` row chunks (any device).
-
-    ``pre`` is fc1's output; ``w2`` is the matrix ``d`` is multiplied back through (fc2's weight,
-    or fc2's weight times a layer scale). Returns ``(e, dw1, db1, dss, dsb, dy)`` where
-    ``e = d^T act(pre)`` (fc2's weight gradient for an unscaled ``w2``), each None unless asked
-    for; ``dss`` / ``dsb`` (StarReLU scale / bias) are float64 sums.
-    """
-    e = torch.zeros_like(w2) if need_e else None
-    dw1 = torch.zeros_like(w1) if need_w1 else None
-    db1 = w1.new_zeros(w1.shape[0]) if need_b1 else None
-    dss = torch.zeros((), dtype=torch.float64, device=y.device) if need_ss else None
-    dsb = torch.zeros((), dtype=torch.float64, device=y.device) if need_sb else None
-    dy = torch.empty_like(y) if need_y else None
-    for s in range(0, y.shape[0], rows):
-        a, dc = pre[s:s + rows], d[s:s + rows]
-        if e is not None:
-            e.addmm_(dc.t(), _act_forward(act, a, star_scale, star_bias))
-        dg = torch.mm(dc, w2)
-        if act[0] == 'gelu':
-            da = torch.ops.aten.gelu_backward(dg, a, approximate=act[1])
-        else:  # d/da of scale * relu(a)^2 + bias = 2 * scale * relu(a)
-            r = a.relu()
-            if need_ss:
-                dss += torch.dot(dg.reshape(-1), r.square().reshape(-1)).double()
-            if need_sb:
-                dsb += dg.sum(dtype=torch.float64)
-            da = dg.mul_(r).mul_(2 * star_scale)
-        if need_w1:
-            dw1.addmm_(da.t(), y[s:s + rows])
-        if need_b1:
-            db1.add_(da.sum(0))
-        if need_y:
-            torch.mm(da, w1, out=dy[s:s + rows])
-    return e, dw1, db1, dss, dsb, dy
-
-
 # ----------------------------------------------------------------------------------------------
 # Inference: no autograd, the residual stream updated in place
 # ----------------------------------------------------------------------------------------------
@@ -285,23 +156,23 @@ def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
     y = block.norm1(x)
     t = block.token_mixer.pool(y).sub_(y) if isinstance(block.token_mixer, Pooling) \
         else block.token_mixer(y)
-    _residual_(x.permute(0, 2, 3, 1), _scale(block.res_scale1), _scale(block.layer_scale1),
-               t.permute(0, 2, 3, 1))
+    residual_(x.permute(0, 2, 3, 1), scale_of(block.res_scale1), scale_of(block.layer_scale1),
+              t.permute(0, 2, 3, 1))
     del y, t
     mlp = block.mlp
-    xm = _matrix(x)  # a view: writes land in x
-    ym = _matrix(block.norm2(x).contiguous(memory_format=torch.channels_last))
-    w1, w2 = _weights(mlp)
-    rs, ls = _scale(block.res_scale2), _scale(block.layer_scale2)
-    spec = _act_spec(mlp.act)
+    xm = as_matrix(x)  # a view: writes land in x
+    ym = as_matrix(block.norm2(x).contiguous(memory_format=torch.channels_last))
+    w1, w2 = mlp_weights(mlp)
+    rs, ls = scale_of(block.res_scale2), scale_of(block.layer_scale2)
+    spec = act_spec(mlp.act)
     gelu = spec[0][1] if spec is not None and spec[0][0] == 'gelu' else None
-    rows = _chunk_rows(w1.shape[0])
+    rows = chunk_rows(w1.shape[0])
     for start in range(0, xm.shape[0], rows):
         h = _linear_act(ym[start:start + rows], w1, mlp.fc1.bias, gelu)  # GELU fused
         if gelu is None:
-            h = (_act_forward(spec[0], h, *spec[1:], inplace=True) if spec is not None
+            h = (act_forward(spec[0], h, *spec[1:], inplace=True) if spec is not None
                  else mlp.act(h))
-        _residual_(xm[start:start + rows], rs, ls, _linear_act(h, w2, mlp.fc2.bias, None))
+        residual_(xm[start:start + rows], rs, ls, _linear_act(h, w2, mlp.fc2.bias, None))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -310,7 +181,7 @@ def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
 class _ChunkedMlp(torch.autograd.Function):
     """``fc2(act(fc1(y)))`` on a ``(M, C)`` matrix, the hidden activation in row chunks.
 
-    ``act``, ``star_scale`` and ``star_bias`` are what :func:`_act_spec` returns.
+    ``act``, ``star_scale`` and ``star_bias`` are what :func:`act_spec` returns.
     """
 
     @staticmethod
@@ -338,15 +209,15 @@ class _ChunkedMlp(torch.autograd.Function):
 
 
 def _mlp_training(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
-    spec = _act_spec(mlp.act)
+    spec = act_spec(mlp.act)
     if spec is None or (mlp.training and (mlp.drop1.p or mlp.drop2.p)):
         return mlp(y)  # other activations, dropout: timm's modules
     act, star_scale, star_bias = spec
-    w1, w2 = _weights(mlp)
+    w1, w2 = mlp_weights(mlp)
     n, _, h, w = y.shape
     y = y.contiguous(memory_format=torch.channels_last)
-    out = _ChunkedMlp.apply(_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias, star_scale,
-                            star_bias, act, _chunk_rows(w1.shape[0]))
+    out = _ChunkedMlp.apply(as_matrix(y), w1, mlp.fc1.bias, w2, mlp.fc2.bias, star_scale,
+                            star_bias, act, chunk_rows(w1.shape[0]))
     # Back to (N, C, H, W) in channels-last memory, which is what the matrix rows are.
     return out.view(n, h, w, -1).permute(0, 3, 1, 2)
 
@@ -376,7 +247,3 @@ def stage_forward(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
     for block in stage.blocks:
         _block_inference_(block, x)
     return x
-
-
-# The memory-lean training blocks build on the helpers above (metaformer_dense/lean_training.py).
-from .lean_training import lean_applies, stage_forward_lean  # noqa: E402

@@ -3,8 +3,9 @@
 :class:`~metaformer_dense.backbone.MetaFormerBackbone` trains its stages through
 :func:`stage_forward_lean` when ``lean_training`` is on (by default on CPU). Each block is one
 autograd function that keeps only its input and fc1's output for backward and recomputes the
-rest; the math is timm's (``tests/test_lean_training.py`` compares every gradient). It shares the
-MLP helpers of :mod:`metaformer_dense.fast_path`; only the row chunking of the MLP is CPU-specific.
+rest; the math is timm's (``tests/test_lean_training.py`` compares every gradient). Its MLP runs
+through :mod:`metaformer_dense.chunked_mlp` (shared with the CPU path); only the row chunking of
+the MLP is CPU-specific.
 """
 from __future__ import annotations
 
@@ -16,8 +17,8 @@ from timm.models.metaformer import MetaFormerBlock, MetaFormerStage
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .fast_path import (_act_forward, _act_spec, _chunk_rows, _matrix, _residual_, _scale,
-                        _supported_block, _weights, mlp_backward_chunks, mlp_forward_chunks)
+from .chunked_mlp import (act_spec, as_matrix, chunk_rows, mlp_backward_chunks, mlp_forward_chunks,
+                          mlp_weights, residual_, scale_of, supported_block)
 
 __all__ = ['lean_applies', 'stage_forward_lean']
 
@@ -43,7 +44,7 @@ def lean_applies(x: torch.Tensor) -> bool:
 
 
 def _lean_block_supported(block: nn.Module) -> bool:
-    if not _supported_block(block) or _act_spec(block.mlp.act) is None:
+    if not supported_block(block) or act_spec(block.mlp.act) is None:
         return False
     mlp = block.mlp
     drops = [getattr(mlp, n, None) for n in ('drop1', 'drop2')]
@@ -87,11 +88,11 @@ class _LeanBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, block, masks, rows, *params):
         mlp = block.mlp
-        act, star_scale, star_bias = _act_spec(mlp.act)
-        w1, w2 = _weights(mlp)
+        act, star_scale, star_bias = act_spec(mlp.act)
+        w1, w2 = mlp_weights(mlp)
         b1, b2 = mlp.fc1.bias, mlp.fc2.bias
         x1 = _mixer_half(block, x, masks[0])
-        y = _matrix(block.norm2(x1).contiguous(memory_format=torch.channels_last))
+        y = as_matrix(block.norm2(x1).contiguous(memory_format=torch.channels_last))
         pre, out = mlp_forward_chunks(y, w1, b1, w2, b2, act, star_scale, star_bias, rows)
         del y
         n, c, hh, ww = x1.shape
@@ -99,8 +100,8 @@ class _LeanBlock(torch.autograd.Function):
         if masks[1] is not None:
             branch.mul_(masks[1].view(-1, 1, 1, 1))
         # x1 is this function's own tensor: the residual update may write into it.
-        _residual_(x1.permute(0, 2, 3, 1), _scale(block.res_scale2), _scale(block.layer_scale2),
-                   branch)
+        residual_(x1.permute(0, 2, 3, 1), scale_of(block.res_scale2),
+                  scale_of(block.layer_scale2), branch)
         ctx.block, ctx.masks, ctx.rows = block, masks, rows
         ctx.save_for_backward(x, pre, *params)
         return x1
@@ -111,9 +112,9 @@ class _LeanBlock(torch.autograd.Function):
         x, pre, *params = ctx.saved_tensors
         block, (mask1, mask2), rows = ctx.block, ctx.masks, ctx.rows
         mlp = block.mlp
-        act, star_scale, star_bias = _act_spec(mlp.act)
-        w1, w2 = _weights(mlp)
-        ls2 = _scale(block.layer_scale2)
+        act, star_scale, star_bias = act_spec(mlp.act)
+        w1, w2 = mlp_weights(mlp)
+        ls2 = scale_of(block.layer_scale2)
         need = dict(zip((id(p) for p in block.parameters()), ctx.needs_input_grad[4:]))
         manual = {id(p) for p in (mlp.fc1.weight, mlp.fc1.bias, mlp.fc2.weight, mlp.fc2.bias,
                                   star_scale, star_bias, ls2) if p is not None}
@@ -124,13 +125,13 @@ class _LeanBlock(torch.autograd.Function):
             x1 = _mixer_half(block, xd, mask1)
             skip = block.res_scale2(x1)
             y2 = block.norm2(x1).contiguous(memory_format=torch.channels_last)
-        y = _matrix(y2.detach())
+        y = as_matrix(y2.detach())
 
         dout = dout.contiguous(memory_format=torch.channels_last)
-        d = _matrix(dout)
+        d = as_matrix(dout)
         if mask2 is not None:  # per sample: rows of sample i are d's i-th block of rows
             d = (dout * mask2.view(-1, 1, 1, 1)).contiguous(memory_format=torch.channels_last)
-            d = _matrix(d)
+            d = as_matrix(d)
         w2s = w2 * ls2.view(-1, 1) if ls2 is not None else w2  # fc2 and layer scale as one
         need_w1, need_b1 = need.get(id(mlp.fc1.weight), False), need.get(id(mlp.fc1.bias), False)
         need_w2 = need.get(id(mlp.fc2.weight), False)
@@ -192,6 +193,6 @@ def stage_forward_lean(stage: MetaFormerStage, x: torch.Tensor) -> torch.Tensor:
             continue
         masks = (_drop_mask(block.drop_path1, x), _drop_mask(block.drop_path2, x))
         m = x.shape[0] * x.shape[2] * x.shape[3]
-        rows = _chunk_rows(block.mlp.fc1.out_channels) if x.device.type == 'cpu' else m
+        rows = chunk_rows(block.mlp.fc1.out_channels) if x.device.type == 'cpu' else m
         x = _LeanBlock.apply(x, block, masks, rows, *block.parameters())
     return x

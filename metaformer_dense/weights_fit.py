@@ -1,21 +1,52 @@
-"""Whether a state dict fits a backbone's architecture, and which architecture a state dict is.
+"""Whether a state dict fits a backbone's architecture: :func:`fit_weights` and its answer.
 
-Loading pretrained weights, whole-model loading, :func:`find_arch` and
-``tools/convert_checkpoint.py`` all ask :func:`fit_weights`.
+Loading pretrained weights, whole-model loading, :func:`~metaformer_dense.backbone.find_arch`
+and ``tools/convert_checkpoint.py`` all ask :func:`fit_weights`.
 """
 from __future__ import annotations
 
-from typing import Dict, Mapping
+from dataclasses import dataclass
+from typing import Dict, List, Mapping
 
 import torch
 
-from .checkpoint import CheckpointError, WeightsFit, convert_state_dict
+from .checkpoint import ConversionResult, convert_state_dict
+from .errors import CheckpointError
+
+__all__ = ['WeightsFit', 'fit_weights']
+
+
+@dataclass
+class WeightsFit:
+    """How backbone weights fit a backbone (``MetaFormerBackbone.fit_weights`` judges).
+
+    Attributes:
+        conversion: The weights under this toolkit's key names, and what was renamed or dropped.
+        missing: Keys of the backbone that the weights lack.
+        unexpected: Keys of the weights that the backbone does not have.
+        problem: Why the weights do not fit (a sentence naming keys, shapes and depths), or ''.
+    """
+    conversion: ConversionResult
+    missing: List[str]
+    unexpected: List[str]
+    problem: str = ''
+
+    @property
+    def fits(self) -> bool:
+        """Whether the weights are this architecture's."""
+        return not self.problem
+
+    def check(self, what: str) -> None:
+        """Unless the weights fit, raise :class:`CheckpointError`: ``what`` (e.g. ``"checkpoint
+        'x.pth'"``) followed by the problem."""
+        if self.problem:
+            raise CheckpointError(f'{what} {self.problem}')
 
 
 def fit_weights(model, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
     """Do these backbone weights (any supported layout) fit this backbone's architecture?
 
-    The one answer to that question: loading pretrained weights, :func:`find_arch` and
+    The one answer to that question: loading pretrained weights, ``find_arch`` and
     ``tools/convert_checkpoint.py`` all ask it here. The weights fit when every shape
     matches, every weight of the stem and built stages is there (the output norms may be
     missing: ImageNet checkpoints have none), and the stem and built stages have no extra
@@ -56,6 +87,7 @@ def fit_weights(model, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
                        f'(first: {extra[:3]}); {_describe(model, sd)}')
     return fit
 
+
 def _describe(model, sd: Dict[str, torch.Tensor]) -> str:
     depths = []
     for i in range(4):
@@ -66,31 +98,3 @@ def _describe(model, sd: Dict[str, torch.Tensor]) -> str:
             f'{model.arch} has depths {model.depths} and widths {model.dims}: '
             'is it a checkpoint for another arch?')
 
-
-def find_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
-    """Name the timm MetaFormer architecture whose weights ``state_dict`` holds exactly.
-
-    Args:
-        state_dict: Backbone weights in any supported layout, without a ``backbone.`` prefix.
-
-    Raises:
-        CheckpointError: No architecture fits exactly (or the weights are not a MetaFormer's).
-    """
-    plain = convert_state_dict(state_dict).state_dict
-    if any('.token_mixer.qkv.' in k for k in plain):
-        family = 'caformer_'
-    elif any('.token_mixer.pwconv1.' in k for k in plain):
-        family = 'convformer_'
-    else:
-        fc1 = plain.get('stages.0.blocks.0.mlp.fc1.weight')
-        family = 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
-    from .backbone import ARCHS, MetaFormerBackbone  # the backbone imports this module
-    for arch in (a for a in ARCHS if a.startswith(family)):
-        with torch.device('meta'):  # shapes and dtypes only, no memory
-            candidate = MetaFormerBackbone(arch)
-        fit = candidate.fit_weights(state_dict)
-        if fit.fits and not fit.unexpected:
-            return arch
-    raise CheckpointError(
-        f'no {family}* architecture fits these weights exactly; pass --arch to see which '
-        'keys or shapes differ')

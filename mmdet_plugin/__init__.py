@@ -7,16 +7,14 @@ Configs load it with ``custom_imports = dict(imports=['mmdet_plugin'])``. Needs 
 """
 from mmdet.registry import MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
-from metaformer_dense import (MetaFormerBackbone, MetaFormerLayerDecayConstructor,
-                              allow_runner_checkpoints)
-from metaformer_dense.download import register_url_loaders
+from metaformer_dense import MetaFormerBackbone, MetaFormerLayerDecayConstructor
+from metaformer_dense.mmengine_setup import setup_mmengine
 
 from . import tta  # noqa: F401  (registers InstanceSegTTAModel)
 from .focal_loss import FocalLossFP32
 
 MODELS.register_module('MetaFormer', module=MetaFormerBackbone)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module(module=MetaFormerLayerDecayConstructor)
-allow_runner_checkpoints()  # so `--resume` works on torch >= 2.6 without unsafe unpickling
-register_url_loaders()  # URL / hf-hub: checkpoints: cached, verified, read safely
+setup_mmengine()  # safe --resume on torch >= 2.6; URL / hf-hub: checkpoints read safely
 
 __all__ = ['MetaFormerBackbone', 'FocalLossFP32']

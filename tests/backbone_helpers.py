@@ -49,5 +49,5 @@ def record_calls(monkeypatch, owner, name: str,
 
 def small_chunks(monkeypatch) -> None:
     """Several MLP row chunks per stage at the tests' sizes, the last one partial."""
-    from metaformer_dense import fast_path
-    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+    from metaformer_dense import chunked_mlp
+    monkeypatch.setattr(chunked_mlp, 'CHUNK_BYTES', 64 * 4 * 4 * 64)

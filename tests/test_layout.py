@@ -2,10 +2,13 @@
 
 ``metaformer_dense`` holds the model and its weights only: it imports neither mmdet, mmseg, the
 plugins nor the runner glue, and names no plugin, so that each plugin can be used without the
-other library and runner code cannot creep back into the core. No source file grows past what a
-reader takes in at once.
+other library and runner code cannot creep back into the core. Its modules import one another
+without a circle, and no module anywhere imports another module's private (``_name``) names:
+a piece two modules need is its own module below both.
 """
 import ast
+from pathlib import Path
+from typing import Dict, List, Set, Tuple
 
 import pytest
 
@@ -14,7 +17,9 @@ from conftest import REPO
 CORE = REPO / 'metaformer_dense'
 #: Top-level packages the core may not import.
 FORBIDDEN = {'mmdet', 'mmseg', 'mmdet_plugin', 'mmseg_plugin', 'metaformer_runner', 'mmpretrain'}
-MAX_LINES = 400
+#: Packages of this repository whose modules' private names stay private.
+OWN_PACKAGES = ('metaformer_dense', 'metaformer_runner', 'mmdet_plugin', 'mmseg_plugin',
+                'benchmarks')
 SOURCE_DIRS = ('metaformer_dense', 'metaformer_runner', 'mmdet_plugin', 'mmseg_plugin', 'tools',
                'demo', 'benchmarks', 'configs')
 
@@ -58,8 +63,123 @@ def source_files() -> list:
         (REPO / 'tests').glob('*.py'))
 
 
+def module_name(path: Path) -> str:
+    """``metaformer_dense/fast_path.py`` -> ``metaformer_dense.fast_path`` (a package's
+    ``__init__.py`` is the package)."""
+    parts = list(path.relative_to(REPO).with_suffix('').parts)
+    if parts[-1] == '__init__':
+        parts.pop()
+    return '.'.join(parts)
+
+
+def imports_of(tree: ast.AST, module: str, is_package: bool = False) -> List[Tuple[str, str]]:
+    """``(module, name)`` for every name an import in ``tree`` takes from a module; ``name`` is
+    '' for ``import x.y``. Relative imports are resolved against ``module``."""
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.extend((alias.name, '') for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ''
+            if node.level:
+                package = module.split('.') if is_package else module.split('.')[:-1]
+                package = package[:len(package) - (node.level - 1)]
+                base = '.'.join(package + ([base] if base else []))
+            found.extend((base, alias.name) for alias in node.names)
+    return found
+
+
+def private_imports(tree: ast.AST, module: str, is_package: bool = False) -> List[str]:
+    """The ``from m import _name`` imports of another module's private names (``from . import
+    _module`` of a private module and dunders such as ``__version__`` are not private names)."""
+    bad = []
+    for source, name in imports_of(tree, module, is_package):
+        if not source.startswith(OWN_PACKAGES) or source == module:
+            continue
+        if name.startswith('_') and not name.startswith('__'):
+            bad.append(f'{source}.{name}')
+    return bad
+
+
+def test_the_private_name_scan_sees_imports():
+    tree = ast.parse('from .fast_path import _matrix, stage_forward\n'
+                     'from metaformer_dense.checkpoint import _globals as g\n'
+                     'from timm.layers import _assert\nfrom . import __version__\n')
+    assert private_imports(tree, 'metaformer_dense.lean_training') == [
+        'metaformer_dense.fast_path._matrix', 'metaformer_dense.checkpoint._globals']
+
+
 @pytest.mark.parametrize('path', source_files(), ids=lambda p: str(p.relative_to(REPO)))
-def test_no_source_file_over_400_lines(path):
-    lines = len(path.read_text().splitlines())
-    assert lines <= MAX_LINES, (f'{path.relative_to(REPO)} has {lines} lines (limit {MAX_LINES}): '
-                                'split it by job')
+def test_no_module_imports_another_modules_private_names(path):
+    tree = ast.parse(path.read_text(), filename=str(path))
+    bad = private_imports(tree, module_name(path), path.name == '__init__.py')
+    assert not bad, (f'{path.relative_to(REPO)} imports private names {bad}: make them public, '
+                     'or move the piece both modules need into its own module below both')
+
+
+def core_import_graph() -> Dict[str, Set[str]]:
+    """``{module: core modules it imports}`` over ``metaformer_dense/`` (lazy imports inside
+    functions count: they are circles too)."""
+    graph = {}
+    for path in sorted(CORE.glob('*.py')):
+        name = module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets = set()
+        for source, imported in imports_of(tree, name, path.name == '__init__.py'):
+            if source == 'metaformer_dense' and imported:  # from . import fast_path
+                candidate = f'metaformer_dense.{imported}'
+                targets.add(candidate if (CORE / f'{imported}.py').exists() else source)
+            elif source.startswith('metaformer_dense'):
+                targets.add(source)
+        targets.discard(name)
+        graph[name] = targets
+    return graph
+
+
+def find_circle(graph: Dict[str, Set[str]]) -> List[str]:
+    """One import circle of ``graph`` (``[a, b, a]``), or [] when there is none. The package
+    ``__init__`` is left out: importing a submodule runs it first, so every module would close
+    a circle through it otherwise."""
+    graph = {m: {t for t in ts if t != 'metaformer_dense'} for m, ts in graph.items()
+             if m != 'metaformer_dense'}
+    done, path = set(), []
+
+    def visit(node: str) -> List[str]:
+        if node in path:
+            return path[path.index(node):] + [node]
+        if node in done:
+            return []
+        path.append(node)
+        for target in sorted(graph.get(node, ())):
+            circle = visit(target)
+            if circle:
+                return circle
+        path.pop()
+        done.add(node)
+        return []
+
+    for start in sorted(graph):
+        circle = visit(start)
+        if circle:
+            return circle
+    return []
+
+
+def test_the_circle_scan_sees_circles():
+    assert find_circle({'a': {'b'}, 'b': {'c'}, 'c': {'a'}, 'd': set()}) == ['a', 'b', 'c', 'a']
+    assert find_circle({'a': {'b'}, 'b': set(), 'metaformer_dense': {'a'}, 'c': {'a', 'b'}}) == []
+    graph = core_import_graph()
+    assert 'metaformer_dense.checkpoint' in graph['metaformer_dense.backbone']
+    assert 'metaformer_dense.fast_path' in graph['metaformer_dense.backbone']  # from . import x
+
+
+def test_core_has_no_import_circle():
+    circle = find_circle(core_import_graph())
+    assert not circle, f'import circle in metaformer_dense: {" -> ".join(circle)}'
+
+
+def test_core_submodules_do_not_import_the_package():
+    # `from metaformer_dense import X` inside the core would import upward, through __init__
+    graph = core_import_graph()
+    upward = sorted(m for m, ts in graph.items() if m != 'metaformer_dense' and 'metaformer_dense' in ts)
+    assert not upward, f'{upward} import the package metaformer_dense itself; import the module'

@@ -1,11 +1,11 @@
-"""The memory-lean training blocks (fast_path.stage_forward_lean) give timm's gradients and keep
+"""The memory-lean training blocks (lean_training.stage_forward_lean) give timm's gradients and keep
 at most half of what timm's modules keep for backward."""
 import pytest
 import torch
 
 import backbone_helpers as helpers
 from backbone_helpers import randomized as _randomized, timm_modules_copy as _timm_modules
-from metaformer_dense import fast_path
+from metaformer_dense import lean_training
 from metaformer_dense.memory import saved_tensor_bytes
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
@@ -13,7 +13,7 @@ X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
 
 @pytest.fixture
 def lean_calls(monkeypatch):
-    return helpers.record_calls(monkeypatch, fast_path, 'stage_forward_lean')
+    return helpers.record_calls(monkeypatch, lean_training, 'stage_forward_lean')
 
 
 def _loss(outs):
@@ -33,7 +33,7 @@ def _grads(model, x, seed=3):
                                   'caformer_s18'])
 def test_gradients_match_timm_modules(arch, drop_path_rate, lean_calls, monkeypatch):
     # Several MLP row chunks per stage at this size, the last one partial.
-    monkeypatch.setattr(fast_path, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+    helpers.small_chunks(monkeypatch)
     model = _randomized(arch, drop_path_rate=drop_path_rate).train()
     assert model.lean_training is None  # the default: on for CPU, for pooling mixers
     if arch not in ('poolformer_s12', 'poolformerv2_s12'):

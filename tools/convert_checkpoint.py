@@ -33,8 +33,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import torch
 
-from metaformer_dense.backbone import MetaFormerBackbone, resolve_arch
-from metaformer_dense.weights_fit import find_arch
+from metaformer_dense.backbone import MetaFormerBackbone, find_arch, resolve_arch
 from metaformer_dense.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
                                          split_backbone)
 
