@@ -1,7 +1,9 @@
-"""The MetaFormer dense-prediction backbone (PoolFormer v1/v2, ConvFormer, CAFormer).
+"""The MetaFormer dense-prediction backbone (PoolFormer v1/v2, ConvFormer, CAFormer,
+IdentityFormer, RandFormer, and any registered token mixer).
 
 PoolFormer: "MetaFormer Is Actually What You Need for Vision" (Yu et al., CVPR 2022).
-ConvFormer / CAFormer / PoolFormerV2: "MetaFormer Baselines for Vision" (Yu et al., TPAMI 2024).
+ConvFormer / CAFormer / PoolFormerV2 / IdentityFormer / RandFormer: "MetaFormer Baselines for
+Vision" (Yu et al., TPAMI 2024); the last two are built in :mod:`metaformer_dense.baselines`.
 
 The blocks, stems and stages are timm's (``timm.models.metaformer``); this module only
 (1) drops timm's classifier head, (2) adds one ``GroupNorm(1, C)`` on every emitted stage output,
@@ -20,7 +22,8 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from . import fast_path, lean_training, weights_fit
+from . import fast_path, lean_training, mixers, weights_fit
+from .baselines import BASELINE_ARCHS, build_baseline, is_baseline
 from .checkpoint import convert_state_dict, extract_state_dict, read_checkpoint, split_backbone
 from .compile_guard import CheckedCompile
 from .errors import CheckpointError
@@ -28,14 +31,15 @@ from .weights_fit import WeightsFit
 
 __all__ = ['MetaFormerBackbone', 'ARCHS', 'SHORT_NAMES', 'resolve_arch', 'find_arch']
 
-#: Every MetaFormer variant timm ships: ``poolformer*``, ``convformer_*``, ``caformer_*``.
-ARCHS: Tuple[str, ...] = tuple(sorted(timm.list_models(module='metaformer')))
+#: Every MetaFormer variant timm ships (``poolformer*``, ``convformer_*``, ``caformer_*``) and the
+#: MetaFormer-baselines archs timm lacks (``identityformer_*``, ``randformer_*``).
+ARCHS: Tuple[str, ...] = tuple(sorted(timm.list_models(module='metaformer') + list(BASELINE_ARCHS)))
 #: mmpretrain-style short names for the PoolFormer v1 sizes: ``'s12'`` -> ``'poolformer_s12'``.
 SHORT_NAMES: Dict[str, str] = {s: f'poolformer_{s}' for s in ('s12', 's24', 's36', 'm36', 'm48')}
 
 
 def resolve_arch(arch: str) -> str:
-    """The timm name of ``arch``: a name in :data:`ARCHS`, or a short name (``'s12'`` ... ``'m48'``).
+    """The full name of ``arch``: a name in :data:`ARCHS`, or a short name (``'s12'`` ... ``'m48'``).
 
     Raises:
         ValueError: Neither; the message lists the names that exist.
@@ -56,12 +60,16 @@ def find_arch(state_dict: Mapping[str, torch.Tensor]) -> str:
         CheckpointError: No architecture fits exactly (or the weights are not a MetaFormer's).
     """
     plain = convert_state_dict(state_dict).state_dict
-    if any('.token_mixer.qkv.' in k for k in plain):
+    if any(k.endswith('.token_mixer.random_matrix') for k in plain):
+        family = 'randformer_'
+    elif any('.token_mixer.qkv.' in k for k in plain):
         family = 'caformer_'
     elif any('.token_mixer.pwconv1.' in k for k in plain):
         family = 'convformer_'
     else:
         fc1 = plain.get('stages.0.blocks.0.mlp.fc1.weight')
+        # IdentityFormer's weights are PoolFormerV2's, name for name and shape for shape (the
+        # pooling mixer has none): those are named PoolFormerV2.
         family = 'poolformer_' if fc1 is not None and fc1.ndim == 4 else 'poolformerv2_'
     for arch in (a for a in ARCHS if a.startswith(family)):
         with torch.device('meta'):  # shapes and dtypes only, no memory
@@ -81,8 +89,9 @@ class MetaFormerBackbone(BaseModule):
     """MetaFormer backbone emitting normalised multi-scale stage features.
 
     Args:
-        arch: A timm MetaFormer name (see :data:`ARCHS`, e.g. ``'poolformer_s12'``,
-            ``'convformer_s18'``); ``'s12'`` ... ``'m48'`` are short for PoolFormer v1.
+        arch: A MetaFormer name (see :data:`ARCHS`, e.g. ``'poolformer_s12'``,
+            ``'convformer_s18'``, ``'randformer_s12'``); ``'s12'`` ... ``'m48'`` are short for
+            PoolFormer v1.
         in_channels: Input image channels.
         out_indices: Stages (0..3) whose outputs are returned, each after its own
             ``GroupNorm(1, C)``. Stages after the last index are not built.
@@ -117,6 +126,12 @@ class MetaFormerBackbone(BaseModule):
             about 2x slower than timm's modules and ``with_cp`` is both faster and smaller there
             (benchmarks/results/train_step_cuda.md). ``True`` / ``False`` force it. ``with_cp``
             takes precedence.
+        token_mixers: Token mixers from mmengine's registry instead of the arch's:
+            ``dict(type='MyMixer', ...)`` for every stage, or a list of four (``None`` keeps the
+            arch's own mixer in that stage). Each block gets its own instance, built with
+            ``dim`` (the stage's channels) as a default argument; it must map ``(N, C, H, W)``
+            to the same shape (checked on every call). Checkpoints of the arch still load: the
+            mixers' weights are reported missing. See :mod:`metaformer_dense.mixers`.
         init_cfg: mmengine init config. ``dict(type='Pretrained', checkpoint=PATH)`` accepts
             official, mmpretrain, timm (``.pth``/``.safetensors``), paper-release and toolkit
             checkpoints and reports missing and unexpected keys.
@@ -138,6 +153,7 @@ class MetaFormerBackbone(BaseModule):
                  channels_last: Optional[bool] = None,
                  compile: Union[bool, dict] = False,
                  lean_training: Optional[bool] = None,
+                 token_mixers: Union[None, dict, Sequence[Optional[dict]]] = None,
                  init_cfg: Optional[dict] = None,
                  pretrained: Optional[str] = None):
         if pretrained is not None:
@@ -181,12 +197,19 @@ class MetaFormerBackbone(BaseModule):
         self.compile_cfg: Optional[dict] = (dict(compile) if isinstance(compile, dict)
                                             else {} if compile else None)
 
-        body = timm.create_model(arch, pretrained=False, num_classes=0, in_chans=in_channels,
-                                 drop_path_rate=drop_path_rate)
+        mixer_cfgs = mixers.normalise_mixer_cfgs(token_mixers)
+        if is_baseline(arch):
+            body = build_baseline(arch, in_chans=in_channels, drop_path_rate=drop_path_rate)
+        else:
+            body = timm.create_model(arch, pretrained=False, num_classes=0,
+                                     in_chans=in_channels, drop_path_rate=drop_path_rate)
         last = max(out_indices)
         self.stem = body.stem
         self.stages = body.stages[:last + 1]
         info = body.feature_info[:last + 1]
+        #: Name prefixes of the registry-built mixers' weights (no released checkpoint has them).
+        self.mixer_prefixes: Tuple[str, ...] = tuple(mixers.install_mixers(
+            self.stages, [f['num_chs'] for f in info], mixer_cfgs[:last + 1]))
         self.out_norms = nn.ModuleDict(
             {str(i): nn.GroupNorm(1, info[i]['num_chs']) for i in out_indices})
         for stage in self.stages:
@@ -281,15 +304,24 @@ class MetaFormerBackbone(BaseModule):
         outs = []
         for i, stage in enumerate(self.stages):
             if lean and self._fast_stages[i]:
-                x = lean_training.stage_forward_lean(stage, x)
+                x = self._run_stage(i, lean_training.stage_forward_lean, x, stage)
             elif fast and self._fast_stages[i]:
-                x = fast_path.stage_forward(stage, x)
+                x = self._run_stage(i, fast_path.stage_forward, x, stage)
             else:
-                x = stage(x)
+                x = self._run_stage(i, stage, x)
             if i in self.out_indices:
                 # Consumers (FPN, mmcv's CPU RoIAlign, ...) get plain NCHW tensors.
                 outs.append(self.out_norms[str(i)](x).contiguous())
         return tuple(outs)
+
+    @staticmethod
+    def _run_stage(i: int, run, x: torch.Tensor, *args) -> torch.Tensor:
+        """``run(*args, x)`` (a stage, or a fast-path function and its stage), naming stage
+        ``i`` when a token mixer returns the wrong shape."""
+        try:
+            return run(*args, x)
+        except mixers.MixerShapeError as exc:
+            raise mixers.MixerShapeError(f'stage {i}: {exc}') from None
 
     def __getstate__(self) -> dict:
         # A compiled forward is bound to this instance: copies compile their own on first use.

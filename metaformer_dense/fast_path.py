@@ -52,6 +52,7 @@ from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 from .chunked_mlp import (act_forward, act_spec, as_matrix, chunk_rows, mlp_backward_chunks,
                           mlp_forward_chunks, mlp_weights, residual_, scale_of, supported_block)
+from .mixers import call_mixer
 
 __all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward',
            'unfused_mlp']
@@ -154,8 +155,8 @@ def _linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],
 # ----------------------------------------------------------------------------------------------
 def _block_inference_(block: MetaFormerBlock, x: torch.Tensor) -> None:
     y = block.norm1(x)
-    t = block.token_mixer.pool(y).sub_(y) if isinstance(block.token_mixer, Pooling) \
-        else block.token_mixer(y)
+    t = block.token_mixer.pool(y).sub_(y) if type(block.token_mixer) is Pooling \
+        else call_mixer(block, y)
     residual_(x.permute(0, 2, 3, 1), scale_of(block.res_scale1), scale_of(block.layer_scale1),
               t.permute(0, 2, 3, 1))
     del y, t
@@ -225,7 +226,7 @@ def _mlp_training(mlp: nn.Module, y: torch.Tensor) -> torch.Tensor:
 def _block_training(block: MetaFormerBlock, x: torch.Tensor) -> torch.Tensor:
     # timm's MetaFormerBlock.forward with the MLP replaced by the chunked function.
     x = block.res_scale1(x) + block.layer_scale1(
-        block.drop_path1(block.token_mixer(block.norm1(x))))
+        block.drop_path1(call_mixer(block, block.norm1(x))))
     x = block.res_scale2(x) + block.layer_scale2(
         block.drop_path2(_mlp_training(block.mlp, block.norm2(x))))
     return x

@@ -19,6 +19,7 @@ from torch.autograd.function import once_differentiable
 
 from .chunked_mlp import (act_spec, as_matrix, chunk_rows, mlp_backward_chunks, mlp_forward_chunks,
                           mlp_weights, residual_, scale_of, supported_block)
+from .mixers import call_mixer, recomputable
 
 __all__ = ['lean_applies', 'stage_forward_lean']
 
@@ -44,7 +45,8 @@ def lean_applies(x: torch.Tensor) -> bool:
 
 
 def _lean_block_supported(block: nn.Module) -> bool:
-    if not supported_block(block) or act_spec(block.mlp.act) is None:
+    if not supported_block(block) or act_spec(block.mlp.act) is None \
+            or not recomputable(block.token_mixer):  # backward runs the mixer again
         return False
     mlp = block.mlp
     drops = [getattr(mlp, n, None) for n in ('drop1', 'drop2')]
@@ -71,7 +73,7 @@ def _drop_mask(dp: nn.Module, x: torch.Tensor) -> Optional[torch.Tensor]:
 def _mixer_half(block: MetaFormerBlock, x: torch.Tensor,
                 mask: Optional[torch.Tensor]) -> torch.Tensor:
     """``res_scale1(x) + layer_scale1(drop_path1(token_mixer(norm1(x))))`` with a fixed mask."""
-    t = block.token_mixer(block.norm1(x))
+    t = call_mixer(block, block.norm1(x))
     if mask is not None:
         t = t * mask
     return (block.res_scale1(x) + block.layer_scale1(t)).contiguous(

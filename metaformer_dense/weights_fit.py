@@ -72,7 +72,10 @@ def fit_weights(model, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
     fit = WeightsFit(conv, missing, unexpected)
     shapes = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
               if k in own and tuple(v.shape) != tuple(own[k].shape)]
-    body_missing = [k for k in missing if not k.startswith('out_norms.')]
+    # Output norms (ImageNet checkpoints have none) and registry-built token mixers (no released
+    # checkpoint has them) may be missing.
+    fresh = ('out_norms.',) + tuple(model.mixer_prefixes)
+    body_missing = [k for k in missing if not k.startswith(fresh)]
     built = ('stem.',) + tuple(f'stages.{i}.' for i in range(len(model.stages)))
     extra = [k for k in unexpected if k.startswith(built)]
     if shapes:

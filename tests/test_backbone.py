@@ -17,7 +17,8 @@ def _expected_hw(h, w, stride):
 
 def test_every_timm_metaformer_is_available():
     families = {a.split('_')[0] for a in ARCHS}
-    assert families == {'poolformer', 'poolformerv2', 'convformer', 'caformer'}
+    assert families == {'poolformer', 'poolformerv2', 'convformer', 'caformer', 'identityformer',
+                        'randformer'}
     for size in ('s12', 's24', 's36', 'm36', 'm48'):
         assert f'poolformer_{size}' in ARCHS
 

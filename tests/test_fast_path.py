@@ -11,7 +11,7 @@ from backbone_helpers import randomized as _randomized, timm_modules_copy as _re
 from metaformer_dense import MetaFormerBackbone, fast_path
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
-ARCHS = ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18', 'caformer_s18']
+ARCHS = ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18', 'caformer_s18', 'randformer_s12']
 
 
 @pytest.fixture
