@@ -120,10 +120,16 @@ def install_mixers(stages: Sequence[nn.Module], dims: Sequence[int],
             try:
                 mixer = MODELS.build(cfg, default_args=dict(dim=dim))
             except KeyError as exc:
+                if 'is not in the' not in str(exc):  # raised by the mixer's own code
+                    raise
                 raise ValueError(
-                    f'token_mixers for stage {i}: {exc}; register the class with '
+                    f'token_mixers for stage {i}: {exc.args[0]} Register the class with '
                     '@MODELS.register_module() (mmengine.registry, mmdet.registry or '
-                    "mmseg.registry) and list its file in the config's custom_imports") from exc
+                    "mmseg.registry) and list its file in the config's custom_imports") from None
+            except TypeError as exc:
+                raise TypeError(f'token_mixers for stage {i}: building {cfg["type"]!r} with '
+                                f'dim={dim} and {sorted(set(cfg) - {"type"})} failed ({exc}); a '
+                                "mixer's __init__ takes dim (the stage's channels)") from exc
             if not isinstance(mixer, nn.Module):
                 raise TypeError(f'token_mixers for stage {i} built a {type(mixer).__name__}, '
                                 'not an nn.Module')
