@@ -158,7 +158,8 @@ def _dataset_meta(cfg, meta: dict) -> dict:
 
     from mmengine.registry import DATASETS
     if isinstance(meta.get('dataset_meta'), dict) and meta['dataset_meta'].get('classes'):
-        found = {k.lower(): v for k, v in meta['dataset_meta'].items()}
+        found = {k.lower(): v for k, v in meta['dataset_meta'].items()
+                 if k.lower() in ('classes', 'palette')}
     elif meta.get('CLASSES'):
         found = dict(classes=meta['CLASSES'])
         if meta.get('PALETTE'):
@@ -176,14 +177,15 @@ def _dataset_meta(cfg, meta: dict) -> dict:
 
 
 def _checked_inferencer(base: type, weights: dict, checkpoint_path: str) -> type:
-    """A subclass of ``base`` (an OpenMMLab inferencer) that loads ``weights`` strictly.
+    """A subclass of ``base`` (an OpenMMLab inferencer) that loads ``weights`` once, strictly.
 
     The stock inferencers re-read the checkpoint file themselves and load it with
     ``strict=False``, so a checkpoint for another model only warns and the demo then draws a
-    randomly initialised model's output. This one loads the dict read safely above and fails on
-    any missing, unexpected or mis-shaped weight.
+    randomly initialised model's output. This one loads the dict read safely above, fails on
+    any missing, unexpected or mis-shaped weight, and gives the model the checkpoint's classes
+    and palette (:func:`_dataset_meta`) in place of the stock loader's.
     """
-    from metaformer_dense.checkpoint import CheckpointError
+    from metaformer_dense import CheckpointError
     from metaformer_runner import load_model_strictly
 
     class Checked(base):
@@ -192,9 +194,7 @@ def _checked_inferencer(base: type, weights: dict, checkpoint_path: str) -> type
                 load_model_strictly(model, weights['state_dict'], source=checkpoint_path)
             except CheckpointError as exc:
                 raise DemoError(str(exc)) from exc
-            meta = dict(weights['meta'], dataset_meta=_dataset_meta(cfg, weights['meta']))
-            super()._load_weights_to_model(
-                model, dict(state_dict=weights['state_dict'], meta=meta), cfg)
+            model.dataset_meta = _dataset_meta(cfg, weights['meta'])
 
     Checked.__name__ = f'Checked{base.__name__}'
     return Checked

@@ -367,7 +367,9 @@ class MetaFormerBackbone(BaseModule):
         """Load backbone weights from a checkpoint file in any supported layout.
 
         ImageNet checkpoints carry no output norms; those stay freshly initialised and are
-        reported as missing. Classifier weights are dropped and reported.
+        reported as missing. Classifier weights are dropped and reported. The weights enter
+        through ``load_state_dict``, the path whole-model loading takes too (see
+        ``_load_from_state_dict``).
 
         Returns:
             ``{'missing': [...], 'unexpected': [...], 'dropped': [...]}``.
@@ -377,20 +379,17 @@ class MetaFormerBackbone(BaseModule):
         """
         state, _ = split_backbone(extract_state_dict(read_checkpoint(path)))
         fit = self.fit_weights(state)
-        fit.check(f'checkpoint {path!r}')
+        fit.check(f'checkpoint {path!r}')  # the error names the file; loading checks again
         conv = fit.conversion
-        own = self.state_dict()
-        weights = {k: v for k, v in conv.state_dict.items() if k in own}
-        # Converted and checked already: load into the children directly, past this module's
-        # _load_from_state_dict, which would convert the weights a second time.
-        for name, child in self.named_children():
-            child.load_state_dict({k[len(name) + 1:]: v for k, v in weights.items()
-                                   if k.startswith(name + '.')}, strict=False)
+        keys = self.load_state_dict(conv.state_dict, strict=False)
+        loaded = len(conv.state_dict) - len(keys.unexpected_keys)
         print_log(f'Loaded {conv.source_format} checkpoint {path} into {self.arch}: '
-                  f'{len(weights)} tensors; missing (freshly initialised) '
-                  f'{fit.missing or "none"}; unexpected (unused) {fit.unexpected or "none"}; '
-                  f'dropped classifier keys {conv.dropped or "none"}', logger='current')
-        return dict(missing=fit.missing, unexpected=fit.unexpected, dropped=conv.dropped)
+                  f'{loaded} tensors; missing (freshly initialised) '
+                  f'{keys.missing_keys or "none"}; unexpected (unused) '
+                  f'{keys.unexpected_keys or "none"}; dropped classifier keys '
+                  f'{conv.dropped or "none"}', logger='current')
+        return dict(missing=list(keys.missing_keys), unexpected=list(keys.unexpected_keys),
+                    dropped=conv.dropped)
 
     def fit_weights(self, state_dict: Mapping[str, torch.Tensor]) -> WeightsFit:
         """Do these backbone weights (any supported layout) fit this backbone's architecture?

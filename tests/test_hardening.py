@@ -128,6 +128,23 @@ def test_backbone_reports_extra_and_missing_output_norms(tmp_path):
     assert torch.equal(model.stem.conv.weight, state['stem.conv.weight'])
 
 
+def test_pretrained_weights_enter_through_load_state_dict(tmp_path):
+    # One door: the backbone's init_cfg loading goes through load_state_dict, as whole-model
+    # loading does, so a load_state_dict hook on the backbone sees it (loading child by child
+    # would pass the backbone by).
+    state = s12_backbone_state()
+    torch.save({k: v for k, v in state.items() if not k.startswith('out_norms.')},
+               tmp_path / 'imagenet.pth')
+    model = MetaFormerBackbone('poolformer_s12')
+    seen, reported = [], []
+    model.register_load_state_dict_pre_hook(lambda m, sd, prefix, *rest: seen.append(sorted(sd)))
+    model.register_load_state_dict_post_hook(lambda m, keys: reported.append(keys))
+    report = model.load_pretrained(str(tmp_path / 'imagenet.pth'))
+    assert seen == [sorted(k for k in state if not k.startswith('out_norms.'))]
+    assert len(reported) == 1 and sorted(reported[0].missing_keys) == sorted(report['missing'])
+    assert report['missing'] and all(k.startswith('out_norms.') for k in report['missing'])
+
+
 def test_safetensors_dtypes_float16_is_cast_integers_are_refused(tmp_path):
     state = s12_backbone_state()
     save_safetensors({k: v.half() for k, v in state.items()}, tmp_path / 'half.safetensors')

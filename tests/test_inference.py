@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from backbone_helpers import record_calls
 from conftest import CPU_ENV as ENV
 from conftest import REPO, build_model, load_script
 from metaformer_dense import MetaFormerBackbone
@@ -135,11 +136,13 @@ def test_demo_cli_draws_detections_of_a_trained_checkpoint(trained_retinanet, tm
     np.testing.assert_array_equal(untouched, cv2.imread(str(COCO_VAL / '000003.jpg')))
 
 
-def test_demo_draws_segmentation(tmp_path):
+def test_demo_draws_segmentation(tmp_path, monkeypatch):
     save_fresh_model(SEG_CFG, tmp_path / 'fpn.pth')
     image = ADE_VAL / 'ADE_val_00000001.jpg'
+    loads = record_calls(monkeypatch, MetaFormerBackbone, '_load_from_state_dict')
     demo_tool.main([str(image), str(SEG_CFG), str(tmp_path / 'fpn.pth'),
                     '--out-dir', str(tmp_path / 'vis'), '--opacity', '0.5'])
+    assert len(loads) == 1  # the checkpoint is loaded once (strictly), not again by mmseg
     source = cv2.imread(str(image))
     drawn = cv2.imread(str(tmp_path / 'vis/ADE_val_00000001.png'))
     assert drawn.shape == source.shape  # the label map is drawn at the image's own size
@@ -154,7 +157,7 @@ def test_help_of_both_tools():
 
 
 # ----------------------------------------------------------------------------- paper release
-def test_paper_release_mask_rcnn_runs_converts_and_keeps_its_heads(tmp_path, capsys):
+def test_paper_release_mask_rcnn_runs_converts_and_keeps_its_heads(tmp_path, capsys, monkeypatch):
     """A Mask R-CNN in the mmdet 2.x release layout: ``backbone.`` + official names with output
     norms ``norm0/2/4/6``, class names in ``meta['CLASSES']``."""
     _, model = build_model(MASK_CFG)
@@ -165,10 +168,12 @@ def test_paper_release_mask_rcnn_runs_converts_and_keeps_its_heads(tmp_path, cap
     torch.save(dict(meta=dict(CLASSES=('circle', 'square', 'triangle'),
                               mmdet_version='2.19.0'), state_dict=release), src)
 
+    loads = record_calls(monkeypatch, MetaFormerBackbone, '_load_from_state_dict')
     demo_tool.main([str(COCO_VAL / '000001.jpg'), str(MASK_CFG), str(src),
                     '--out-dir', str(tmp_path / 'vis'), '--score-thr', '0', '--cfg-options',
                     'model.test_cfg.rcnn.score_thr=0.0'])
     assert (tmp_path / 'vis/000001.png').is_file()
+    assert len(loads) == 1  # the checkpoint is loaded once (strictly), not again by mmdet
 
     dst = tmp_path / 'mask_rcnn.safetensors'
     convert_tool.main([str(src), str(dst)])  # arch found from the weights
