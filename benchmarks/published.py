@@ -5,6 +5,10 @@ tests read them from here.
 
 * ``POOLFORMER_*``: the PoolFormer paper's detection and segmentation results. Each table maps
   ``(method, backbone arch)`` to the parameter count in millions and the accuracy in percent.
+* ``METAFORMER_BASELINES_IMAGENET``: ImageNet-1k results of IdentityFormer and RandFormer, the
+  paper's two baselines, which have no published dense-prediction numbers ("MetaFormer Baselines
+  for Vision", Yu et al., TPAMI 2024). Params in millions with the classifier (RandFormer's frozen
+  mixing matrices listed apart, as the paper writes "+0.2" etc.), MACs in G at 224x224, top-1 %.
 * ``UPERNET_ADE20K*``: UperNet on ADE20K, the only dense numbers published for ConvFormer and
   CAFormer: "MetaFormer Baselines for Vision" (Yu et al., TPAMI 2024), repeated in "MambaOut: Do
   We Really Need Mamba for Vision?" (Yu & Wang, arXiv 2405.07992, Table 3). Params in millions of
@@ -59,4 +63,24 @@ UPERNET_ADE20K = {
 UPERNET_ADE20K_REFERENCE = {
     'ConvNeXt-T': dict(params_m=60, miou_ss=46.0, miou_ms=46.7),
     'Swin-T': dict(params_m=60, miou_ss=44.4, miou_ms=45.8),
+}
+
+#: Where METAFORMER_BASELINES_IMAGENET comes from.
+METAFORMER_BASELINES_IMAGENET_SOURCE = (
+    'MetaFormer Baselines for Vision (Yu et al., TPAMI 2024), ImageNet-1k at 224x224; weights '
+    'https://huggingface.co/sail/dl/resolve/main/{identityformer,randformer}/<arch>.pth')
+
+#: arch -> params_m (with the classifier), mixing_matrix_params_m (RandFormer's frozen matrices,
+#: on top of params_m), macs_g at 224x224 and ImageNet-1k top-1.
+METAFORMER_BASELINES_IMAGENET = {
+    'identityformer_s12': dict(params_m=11.9, mixing_matrix_params_m=0.0, macs_g=1.8, top1=74.6),
+    'identityformer_s24': dict(params_m=21.3, mixing_matrix_params_m=0.0, macs_g=3.4, top1=78.2),
+    'identityformer_s36': dict(params_m=30.8, mixing_matrix_params_m=0.0, macs_g=5.0, top1=79.3),
+    'identityformer_m36': dict(params_m=56.1, mixing_matrix_params_m=0.0, macs_g=8.8, top1=80.0),
+    'identityformer_m48': dict(params_m=73.3, mixing_matrix_params_m=0.0, macs_g=11.5, top1=80.4),
+    'randformer_s12': dict(params_m=11.9, mixing_matrix_params_m=0.2, macs_g=1.9, top1=76.6),
+    'randformer_s24': dict(params_m=21.3, mixing_matrix_params_m=0.5, macs_g=3.5, top1=78.2),
+    'randformer_s36': dict(params_m=30.8, mixing_matrix_params_m=0.7, macs_g=5.2, top1=79.5),
+    'randformer_m36': dict(params_m=56.1, mixing_matrix_params_m=0.7, macs_g=9.0, top1=81.2),
+    'randformer_m48': dict(params_m=73.3, mixing_matrix_params_m=0.9, macs_g=11.9, top1=81.4),
 }

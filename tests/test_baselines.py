@@ -5,19 +5,21 @@ Yu et al.) and works on a plain dict of tensors under the official release's key
 (``downsample_layers.N.*``, ``stages.i.j.*``) in NHWC, as the release computes: it shares no
 code with the backbone, timm's modules or the toolkit's checkpoint conversion.
 """
+import math
+import re
+
 import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.published import METAFORMER_BASELINES_IMAGENET as PUBLISHED
 from metaformer_dense import CheckpointError, MetaFormerBackbone
 from metaformer_dense.baselines import BASELINE_ARCHS, RandomMixing, build_baseline
 
 SIZES = {'s12': ((2, 2, 6, 2), (64, 128, 320, 512)), 's24': ((4, 4, 12, 4), (64, 128, 320, 512)),
          's36': ((6, 6, 18, 6), (64, 128, 320, 512)), 'm36': ((6, 6, 18, 6), (96, 192, 384, 768)),
          'm48': ((8, 8, 24, 8), (96, 192, 384, 768))}
-# Published parameters with the ImageNet classifier, millions (paper, Table of the baselines).
-PUBLISHED_M = {'identityformer': (11.9, 21.3, 30.8, 56.1, 73.3),
-               'randformer_extra': (0.2, 0.5, 0.7, 0.7, 0.9)}
+
 
 
 # ----------------------------------------------------------------------------------------------
@@ -101,17 +103,29 @@ def reference_stages(sd, x, depths):
 
 # ----------------------------------------------------------------------------------------------
 def test_all_ten_are_archs_with_published_parameter_counts():
-    assert len(BASELINE_ARCHS) == 10
-    for k, size in enumerate(SIZES):
+    assert len(BASELINE_ARCHS) == 10 and set(BASELINE_ARCHS) == set(PUBLISHED)
+    for size in SIZES:
         ident = build_baseline(f'identityformer_{size}', num_classes=1000)
         rand = build_baseline(f'randformer_{size}', num_classes=1000)
         n_ident = sum(p.numel() for p in ident.parameters()) / 1e6
         n_rand = sum(p.numel() for p in rand.parameters()) / 1e6
-        assert round(n_ident, 1) == PUBLISHED_M['identityformer'][k], size
-        assert round(n_rand - n_ident, 1) == PUBLISHED_M['randformer_extra'][k], size
+        pub_i, pub_r = PUBLISHED[f'identityformer_{size}'], PUBLISHED[f'randformer_{size}']
+        assert round(n_ident, 1) == pub_i['params_m'] == pub_r['params_m'], size
+        assert round(n_rand - n_ident, 1) == pub_r['mixing_matrix_params_m'], size
         # and they are the official layout's parameters, one for one
         assert n_rand * 1e6 == sum(v.numel() for v in official_state_dict(
             f'randformer_{size}').values())
+
+
+@pytest.mark.parametrize('arch', BASELINE_ARCHS)
+def test_macs_at_224_as_published(arch):
+    from mmengine.analysis import FlopAnalyzer
+    model = build_baseline(arch, num_classes=1000).eval()
+    flops = FlopAnalyzer(model, torch.randn(1, 3, 224, 224))
+    flops.unsupported_ops_warnings(False)
+    flops.uncalled_modules_warnings(False)
+    # published with one decimal (rounded or cut): within 0.1 G
+    assert abs(flops.total() / 1e9 - PUBLISHED[arch]['macs_g']) <= 0.1
 
 
 def _save(sd, path):
@@ -240,3 +254,23 @@ def test_find_arch_names_randformer_and_calls_identityformer_poolformerv2():
     assert find_arch(official_state_dict('randformer_m36')) == 'randformer_m36'
     # the two have the same weight names and shapes: the docs say to give the arch
     assert find_arch(official_state_dict('identityformer_s24')) == 'poolformerv2_s24'
+
+
+def test_randformer_config_trains_on_the_tiny_set(tmp_path):
+    """configs/retinanet_randformer_s12.py's backbone in the quick tiny RetinaNet run of
+    tests/configs (96 px images, six iterations), through tools/train.py."""
+    from mmengine.config import Config
+    from conftest import REPO, run_script
+    backbone = Config.fromfile(str(REPO / 'configs/retinanet_randformer_s12.py')).model.backbone
+    assert backbone.arch == 'randformer_s12'
+    backbone.init_cfg = None  # no download in tests: from scratch
+    (tmp_path / 'tiny.py').write_text(
+        f"_base_ = '{REPO}/tests/configs/retinanet_poolformer_s12_tools.py'\n"
+        f'model = dict(backbone={backbone.to_dict()!r})\n')
+    proc = run_script(REPO / 'tools/train.py', tmp_path / 'tiny.py', '--work-dir', tmp_path / 'w')
+    losses = [float(v) for v in re.findall(r'\bloss: ([0-9.]+)', proc.stdout + proc.stderr)]
+    assert len(losses) >= 6 and all(math.isfinite(v) for v in losses)
+    from metaformer_dense import allow_runner_checkpoints, read_checkpoint
+    allow_runner_checkpoints()
+    state = read_checkpoint(str(tmp_path / 'w/iter_6.pth'))['state_dict']
+    assert state['backbone.stages.3.blocks.1.token_mixer.random_matrix'].shape == (49, 49)

@@ -29,7 +29,9 @@ TINY = ROOT / 'data' / 'tiny_coco'
 # (config stem, paper params in M); None: no published count, build + shape checks only.
 METHODS = {'retinanet': 'RetinaNet', 'mask_rcnn': 'Mask R-CNN'}
 ARCHS = ('poolformer_s12', 'poolformer_s24', 'poolformer_s36', 'poolformer_m36',
-         'poolformer_m48', 'convformer_s18', 'caformer_s18')
+         'poolformer_m48', 'convformer_s18', 'caformer_s18',
+         *(f'{family}_{size}' for family in ('identityformer', 'randformer')
+           for size in ('s12', 's24', 's36', 'm36', 'm48')))
 DETECTORS = [(f'{stem}_{arch}', POOLFORMER_COCO.get((method, arch), {}).get('params'))
              for stem, method in METHODS.items() for arch in ARCHS]
 DEMOS = ['retinanet_poolformer_s12_tiny', 'mask_rcnn_poolformer_s12_tiny']

@@ -26,6 +26,9 @@ CONFIGS = ROOT / 'configs'
 ARCHS = ['poolformer_s12', 'poolformer_s24', 'poolformer_s36', 'poolformer_m36',
          'poolformer_m48', 'convformer_s18', 'convformer_s36', 'convformer_m36', 'caformer_s18',
          'caformer_s36', 'caformer_m36']
+# UperNet also for the MetaFormer Baselines' IdentityFormer and RandFormer (the recipe is theirs).
+UPERNET_ARCHS = ARCHS + [f'{family}_{size}' for family in ('identityformer', 'randformer')
+                         for size in ('s12', 's24', 's36', 'm36', 'm48')]
 ENV = dict(os.environ, OMP_NUM_THREADS='2', PYTHONWARNINGS='ignore', CUDA_VISIBLE_DEVICES='',
            PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]))
 
@@ -48,7 +51,7 @@ def n_params(model: torch.nn.Module) -> float:
 # ---------------------------------------------------------------------------------------------
 # UperNet, ADE20K 160k
 # ---------------------------------------------------------------------------------------------
-@pytest.mark.parametrize('arch', ARCHS)
+@pytest.mark.parametrize('arch', UPERNET_ARCHS)
 def test_upernet_config_is_the_swin_recipe_with_lr_1e4(arch):
     cfg = Config.fromfile(str(CONFIGS / f'upernet_{arch}.py'))
     assert cfg.model.backbone.type == 'MetaFormer' and cfg.model.backbone.arch == arch

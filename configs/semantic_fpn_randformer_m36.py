@@ -1,0 +1,13 @@
+"""Semantic FPN, RandFormer-M36 backbone, ADE20K: the PoolFormer paper's segmentation recipe.
+
+``semantic_fpn_poolformer_s12.py`` (its docstring gives each setting) with the backbone swapped.
+No dense results are published for RandFormer; ImageNet numbers: ``benchmarks/published.py``,
+METAFORMER_BASELINES_IMAGENET. The backbone: ``docs/metaformer_mixers.md``.
+"""
+_base_ = ['./semantic_fpn_poolformer_s12.py']
+
+model = dict(
+    backbone=dict(
+        arch='randformer_m36',
+        init_cfg=dict(type='Pretrained', checkpoint='https://huggingface.co/sail/dl/resolve/main/randformer/randformer_m36.pth')),
+    neck=dict(in_channels=[96, 192, 384, 768]))  # M stage widths
