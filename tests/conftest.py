@@ -6,13 +6,14 @@ imports one as a module so that tests can call its functions in-process, and
 """
 import importlib
 import importlib.util
+import math
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
-from typing import Optional
+from typing import Mapping, Optional
 
 import pytest
 
@@ -102,3 +103,19 @@ def demo_error(*argv) -> str:
         load_script('demo/image_demo').main([str(a) for a in argv])
     assert isinstance(exc.value.code, str), exc.value.code  # a message, not a bare exit code
     return exc.value.code
+
+
+def reported_metric(metrics: Mapping[str, float], key: str) -> float:
+    """``metrics[key]``, asserting that the evaluator reported it as a finite number >= 0.
+
+    A broken evaluation fails this: the key missing (the metric did not run, or under another
+    name), NaN (a model whose outputs went NaN), or mmdet's -1 (nothing to evaluate: no ground
+    truth reached the metric). After the one training iteration of a test a floor on the value
+    would be flaky; what training reaches is recorded by benchmarks/learning_*.py in
+    benchmarks/results/learning_*.json.
+    """
+    assert key in metrics, f'no {key!r} among the reported metrics {sorted(metrics)}'
+    value = float(metrics[key])
+    assert math.isfinite(value) and value >= 0, f'{key} = {value}'
+    return value
+

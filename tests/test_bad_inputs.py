@@ -1,5 +1,5 @@
 """Bad input other than checkpoints, end to end: wrong configs, odd images, degenerate
-annotations, and training killed mid-epoch (the checkpoints: tests/test_hardening.py).
+annotations, and training killed mid-epoch (the checkpoints: tests/test_bad_checkpoints.py).
 
 Configs, annotations and the kill/resume run through tools/train.py in subprocesses, images
 through demo/image_demo.py in-process. Models are the tiny test configs (96 px images, one or

@@ -6,12 +6,11 @@ comparison uses this toolkit's conversion code.
 """
 import pytest
 import torch
+import mmpretrain.models.backbones as mmpretrain_backbones  # pinned for tests: no import, no pass
 from safetensors.torch import save_file
 
 from metaformer_dense import CheckpointError, MetaFormerBackbone, convert_state_dict
 from metaformer_dense.checkpoint import detect_format
-
-mmpretrain_backbones = pytest.importorskip('mmpretrain.models.backbones')
 
 V1_SIZES = ('s12', 's24', 's36', 'm36', 'm48')
 X = torch.randn(1, 3, 96, 64, generator=torch.Generator().manual_seed(0))

@@ -18,8 +18,8 @@ import torch
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.checkpoint import CheckpointError, read_checkpoint
 from metaformer_dense.download import DownloadError, resolve_checkpoint, url_cache_path
+from conftest import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -6,8 +6,6 @@ backbone on the same input. The ImageNet init would hide wrong blocks (layer sca
 the weights are randomized. Tolerance: 1e-4 absolute and relative (the recorded graphs run the
 same operations; what differs is float rounding, about 1e-5 here).
 """
-from pathlib import Path
-
 import onnxruntime as ort
 import pytest
 import torch
@@ -15,7 +13,7 @@ import torch
 import backbone_helpers as helpers
 from backbone_helpers import randomized
 from metaformer_dense import fast_path
-from conftest import load_script
+from conftest import REPO, load_script
 
 TRACED, OTHER = (64, 96), (96, 128)  # (H, W): the size a graph is made at, and another
 TOL = dict(atol=1e-4, rtol=1e-4)
@@ -125,7 +123,7 @@ def test_compiled_and_symbolically_traced_graphs_run_the_modules(spy):
 # Whole models in mmdet's / mmseg's tensor mode, through tools/export_onnx.py
 # ---------------------------------------------------------------------------------------------
 export_tool = load_script('tools/export_onnx')
-DEMO = Path(__file__).resolve().parents[1] / 'configs' / 'demo'
+DEMO = REPO / 'configs' / 'demo'
 
 
 def _tensor_mode(config, features=False):

@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from metaformer_dense import MetaFormerBackbone
+from conftest import REPO
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA GPU')
 
-REPO = Path(__file__).resolve().parents[1]
 RETINANET = REPO / 'tests/configs/retinanet_poolformer_s12_tools.py'
 MASK_RCNN = REPO / 'configs/demo/mask_rcnn_poolformer_s12_tiny.py'
 

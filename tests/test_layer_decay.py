@@ -6,8 +6,6 @@ constructor is then built the way a Runner builds it, from the configs that use 
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from mmengine.config import Config
@@ -17,8 +15,8 @@ from torch import nn
 
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense.layer_decay import MetaFormerLayerDecayConstructor, layer_id
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 LR, WD = 2e-4, 0.05
 
 
@@ -152,7 +150,7 @@ def test_detection_configs_build_the_decayed_optimizer(stem, rate):
     import mmdet_plugin  # noqa: F401  (registers the constructor with mmdet)
     from mmdet.registry import MODELS
 
-    cfg = Config.fromfile(str(ROOT / 'configs' / f'{stem}.py'))
+    cfg = Config.fromfile(str(REPO / 'configs' / f'{stem}.py'))
     init_default_scope('mmdet')
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)

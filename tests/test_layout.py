@@ -7,6 +7,7 @@ without a circle, and no module anywhere imports another module's private (``_na
 a piece two modules need is its own module below both.
 """
 import ast
+import re
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
@@ -183,3 +184,12 @@ def test_core_submodules_do_not_import_the_package():
     graph = core_import_graph()
     upward = sorted(m for m, ts in graph.items() if m != 'metaformer_dense' and 'metaformer_dense' in ts)
     assert not upward, f'{upward} import the package metaformer_dense itself; import the module'
+
+
+def test_only_conftest_locates_the_repository():
+    # One REPO (tests/conftest.py): a test file that finds the repository its own way can drift
+    # from it, e.g. when tests are moved into a subfolder.
+    own = [p.name for p in sorted((REPO / 'tests').glob('test_*.py'))
+           if re.search(r'\(\s*__file__\s*\)', p.read_text())]  # Path(...) / dirname(...)
+    assert not own, f'{own} locate the repository from __file__; use conftest.REPO'
+

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 SCRIPT = REPO / 'tools' / 'setup_env.sh'
 MMCV_VERSION = next(line.split('==')[1].split()[0] for line in
                     (REPO / 'requirements' / 'constraints.txt').read_text().splitlines()

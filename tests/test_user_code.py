@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import REPO
+
 MASK_RCNN = REPO / 'configs/mask_rcnn_poolformer_s12.py'
 SEM_FPN = REPO / 'configs/semantic_fpn_poolformer_s12.py'
 IMAGE = REPO / 'data/tiny_coco/val/000001.jpg'

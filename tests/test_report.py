@@ -11,11 +11,11 @@ from benchmarks import report
 from benchmarks.report import measure
 from benchmarks.published import POOLFORMER_ADE20K
 from metaformer_runner import read_metrics
+from conftest import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
 
-SEG_S12 = str(ROOT / 'configs' / 'semantic_fpn_poolformer_s12.py')
-RETINA_S12 = str(ROOT / 'configs' / 'retinanet_poolformer_s12.py')
+SEG_S12 = str(REPO / 'configs' / 'semantic_fpn_poolformer_s12.py')
+RETINA_S12 = str(REPO / 'configs' / 'retinanet_poolformer_s12.py')
 
 
 def _write_test_result(work_dirs: Path, name: str, metrics: dict, stamp='20260101_120000'):
@@ -74,7 +74,7 @@ def test_unfillable_cells_say_why(tmp_path):
     broken = tmp_path / 'broken_config.py'
     broken.write_text("_base_ = 'mmdet::no/such/base.py'\n")
     rows = [report.analyse(RETINA_S12, tmp_path, flops=False, device='cpu'),
-            report.analyse(str(ROOT / 'configs' / 'retinanet_caformer_s18.py'), tmp_path,
+            report.analyse(str(REPO / 'configs' / 'retinanet_caformer_s18.py'), tmp_path,
                            flops=False, device='cpu'),
             report.analyse(str(broken), tmp_path, flops=False, device='cpu')]
     ours, caformer, bad = rows
