@@ -87,26 +87,22 @@ class RandomMixing(nn.Module):
         b, c, h, w = x.shape
         s = self.side
         m = self.random_matrix.to(x.dtype)
-        ph, pw = (-h) % s, (-w) % s
-        if ph or pw:
-            x = F.pad(x, (0, pw, 0, ph))  # zeros: they add nothing to any weighted sum
+        ph, pw = (s - h % s) % s, (s - w % s) % s
+        # No branch on the size: tracers and exporters record one graph for every size.
+        x = F.pad(x, (0, pw, 0, ph))  # zeros: they add nothing to any weighted sum
         nh, nw = (h + ph) // s, (w + pw) // s
         # (B, C, nh, s, nw, s) -> (B, nh, nw, s*s, C): one row-major token list per window
         t = x.reshape(b, c, nh, s, nw, s).permute(0, 2, 4, 3, 5, 1).reshape(b, nh, nw, s * s, c)
         out = torch.einsum('mn,bijnc->bijmc', m, t)
-        if ph or pw:
-            # Row sums over the real tokens of each window; 1 where the window is full, so
-            # full windows are exactly the plain product.
-            real = x.new_zeros(h + ph, w + pw)
-            real[:h, :w] = 1
-            real = real.reshape(nh, s, nw, s).permute(0, 2, 1, 3).reshape(nh, nw, s * s)
-            mass = torch.einsum('mn,ijn->ijm', m, real)
-            full = real.amin(-1, keepdim=True) == 1
-            out = out / torch.where(full, torch.ones_like(mass), mass).unsqueeze(-1)
+        # Each row's weight on the real tokens of its window; exactly 1 where the window is full,
+        # so full windows (all of a 224x224 image's grid) are the plain product.
+        real = F.pad(x.new_ones(1, 1, h, w), (0, pw, 0, ph))
+        real = real.reshape(nh, s, nw, s).permute(0, 2, 1, 3).reshape(nh, nw, s * s)
+        mass = torch.einsum('mn,ijn->ijm', m, real)
+        full = real.amin(-1, keepdim=True) == 1
+        out = out / torch.where(full, torch.ones_like(mass), mass).unsqueeze(-1)
         out = out.reshape(b, nh, nw, s, s, c).permute(0, 5, 1, 3, 2, 4)
-        out = out.reshape(b, c, nh * s, nw * s)
-        return out[:, :, :h, :w] if (ph or pw) else out
-
+        return out.reshape(b, c, nh * s, nw * s)[:, :, :h, :w]
 
 def build_baseline(arch: str, in_chans: int = 3, num_classes: int = 0,
                    drop_path_rate: float = 0.0) -> MetaFormer:

@@ -51,7 +51,8 @@ def _onnx_session(path):
     return ort.InferenceSession(str(path), providers=['CPUExecutionProvider'])
 
 
-@pytest.mark.parametrize('arch', ['poolformer_s12', 'convformer_s18', 'caformer_s18'])
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'convformer_s18', 'caformer_s18',
+                                  'randformer_s12'])
 def test_onnx_torchscript_exporter_matches_eager(arch, tmp_path, small_chunks):
     model = randomized(arch).eval()
     path = tmp_path / 'backbone.onnx'
@@ -80,7 +81,7 @@ def test_onnx_dynamo_exporter_matches_eager(tmp_path, small_chunks):
 
 
 @pytest.mark.filterwarnings('ignore:`torch.jit.trace')
-@pytest.mark.parametrize('arch', ['poolformer_s12', 'caformer_s18'])
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'caformer_s18', 'randformer_s12'])
 def test_jit_trace_runs_at_other_sizes(arch, small_chunks):
     model = randomized(arch).eval()
     with torch.no_grad():
@@ -89,9 +90,9 @@ def test_jit_trace_runs_at_other_sizes(arch, small_chunks):
         _assert_matches(traced(x), _eager(model, x), f'{arch} traced at {TRACED}, run at {OTHER}')
 
 
-def test_torch_export_with_dynamic_sizes_runs_at_other_sizes(small_chunks):
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'randformer_s12'])
+def test_torch_export_with_dynamic_sizes_runs_at_other_sizes(arch, small_chunks):
     # CAFormer goes through torch.export in test_onnx_dynamo_exporter_matches_eager.
-    arch = 'poolformer_s12'
     model = randomized(arch).eval()
     dynamic = torch.export.Dim.DYNAMIC
     program = torch.export.export(model, (_image(TRACED, 0),),
