@@ -1,11 +1,16 @@
 """Install the MetaFormer dense-prediction toolkit.
 
-The dependencies are declared once, in requirements/ (runtime.txt, tests.txt; exact versions of
-everything in constraints.txt); this file reads them. mmcv publishes no wheels for current torch
-and is not listed there: ``pip install -e .`` expects it installed already. Run
-``tools/setup_env.sh`` (or ``make test``), which compiles it once with the C++ standard fix, caches
-the wheel and installs everything else against the lock. See README.md.
+The dependencies are declared once, in requirements/: runtime.txt and mminstall.txt (mmcv) hold
+the version ranges this code supports, each bound with its reason, tests.txt and tools.txt the
+extras; constraints.txt is the exact lock that tools/setup_env.sh (``make setup``) installs
+against. So ``pip install .`` into an environment with its own torch, mmcv and mmdet keeps them
+where they are in range. mmcv publishes no wheels for current torch: install it first
+(tools/setup_env.sh builds and caches it; see requirements/mminstall.txt).
+
+The version is read from metaformer_dense/version.py without importing
+the package.
 """
+import ast
 import os
 
 from setuptools import find_packages, setup
@@ -14,10 +19,21 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def requirements(name: str) -> list:
-    """The requirement lines of ``requirements/<name>.txt``, without comments."""
+    """The requirement lines of ``requirements/<name>``, without comments."""
     with open(os.path.join(HERE, 'requirements', name), encoding='utf-8') as f:
         lines = (line.split('#', 1)[0].strip() for line in f)
         return [line for line in lines if line and not line.startswith('-')]
+
+
+def version() -> str:
+    """``__version__`` of metaformer_dense/version.py, read as text (importing needs torch)."""
+    path = os.path.join(HERE, 'metaformer_dense', 'version.py')
+    with open(path, encoding='utf-8') as f:
+        for node in ast.parse(f.read()).body:
+            if (isinstance(node, ast.Assign)
+                    and any(getattr(t, 'id', None) == '__version__' for t in node.targets)):
+                return ast.literal_eval(node.value)
+    raise RuntimeError(f'{path} assigns no __version__')
 
 
 def readme() -> str:
@@ -28,16 +44,20 @@ def readme() -> str:
 
 setup(
     name='metaformer-dense',
-    version='0.1.0',
+    version=version(),
     description='PoolFormer / MetaFormer backbones for mmdet 3.x and mmseg 1.x',
     long_description=readme(),
     long_description_content_type='text/markdown',
+    license='Apache-2.0',
+    license_files=['LICENSE'],
     python_requires='>=3.10',
     packages=find_packages(include=['metaformer_dense*', 'metaformer_runner*', 'mmdet_plugin*',
                                     'mmseg_plugin*']),
-    install_requires=requirements('runtime.txt'),
+    install_requires=requirements('runtime.txt') + requirements('mminstall.txt'),
     extras_require={
         'tests': requirements('tests.txt'),
+        # mmdet's / mmseg's own tools and mim
+        'tools': requirements('tools.txt'),
         # tools/export_onnx.py: the ONNX packages the export tests pin
         'export': [r for r in requirements('tests.txt') if r.startswith('onnx')],
     },

@@ -9,7 +9,8 @@ from .checkpoint import convert_state_dict, read_checkpoint
 from .errors import CheckpointError
 from .layer_decay import MetaFormerLayerDecayConstructor
 from .mmengine_setup import allow_runner_checkpoints
+from .version import __version__
 
 __all__ = ['ARCHS', 'MetaFormerBackbone', 'CheckpointError', 'convert_state_dict',
-           'read_checkpoint', 'allow_runner_checkpoints', 'MetaFormerLayerDecayConstructor']
-__version__ = '0.1.0'
+           'read_checkpoint', 'allow_runner_checkpoints', 'MetaFormerLayerDecayConstructor',
+           '__version__']

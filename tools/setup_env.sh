@@ -9,7 +9,8 @@
 # raised from C++17 to C++20 (torch >= 2.13 headers refuse older standards). The built wheel is
 # cached outside the repo, keyed by mmcv, torch and Python versions and CPU/CUDA, so the second
 # setup on a machine takes seconds instead of ~11-16 minutes.
-# Every package version comes from requirements/constraints.txt (the lock; see README.md).
+# Every package version comes from requirements/constraints.txt (the lock; see README.md); the
+# package's own dependencies (setup.py) are the ranges in requirements/runtime.txt and mminstall.txt.
 #
 # Environment (relative paths are taken from the directory you run this from):
 #   VENV              venv location (default: <repo>/.venv)
@@ -31,7 +32,7 @@ MODE=all
 case "${1:-}" in
   '') ;;
   --mmcv-only) MODE=mmcv ;;
-  -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+  -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
   *) die "unknown argument '$1' (usage: tools/setup_env.sh [--mmcv-only])" ;;
 esac
 
@@ -122,8 +123,9 @@ if [[ "$MODE" == mmcv ]]; then
 fi
 
 # The stamp records the exact inputs; if they have not changed, there is nothing to do.
-want_stamp="$(cat "$LOCK" "$ROOT/requirements/runtime.txt" "$ROOT/requirements/tests.txt" \
-              "$ROOT/setup.py" "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)"
+# (every requirements file, and what the editable install's metadata is made from).
+want_stamp="$(cat "$ROOT"/requirements/*.txt "$ROOT/setup.py" "$ROOT/metaformer_dense/version.py" \
+              "$ROOT/tools/setup_env.sh" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$want_stamp" ]]; then
   log "environment at $VENV is up to date"
   exit 0
@@ -138,8 +140,11 @@ log "installing torch and build tools (torch is a large download the first time)
 pip_install --upgrade pip setuptools wheel ninja
 pip_install -r "$ROOT/requirements/runtime.txt"
 install_mmcv
-pip_install -r "$ROOT/requirements/tests.txt"
+pip_install -r "$ROOT/requirements/tests.txt" -r "$ROOT/requirements/tools.txt"
 pip_install --no-deps -e "$ROOT"
+# The lock must satisfy the ranges the package declares (requirements/runtime.txt, mminstall.txt).
+"$PY" -m pip check --disable-pip-version-check \
+  || die "the lock (requirements/constraints.txt) breaks a declared requirement (above)"
 "$PY" -c "import mmcv.ops, mmdet, mmseg, timm, mmdet_plugin, mmseg_plugin" \
   || die "the environment was installed but imports fail (see the traceback above)"
 echo "$want_stamp" > "$STAMP"
