@@ -21,10 +21,10 @@ import sysconfig
 from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 import metaformer_dense
 
-REPO = Path(__file__).resolve().parents[1]
 LOCK = REPO / 'requirements' / 'constraints.txt'
 #: Another torch than the lock's, and the torchvision built for it (it requires torch==2.13.0).
 #: On this project's machines pip finds the torch wheel on disk; torchvision comes from PyPI.
