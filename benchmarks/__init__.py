@@ -1,6 +1,7 @@
-"""Everything measured: speed, the report against published numbers, learning runs.
+"""Everything measured: the tools a user runs, and (in ``studies/``) the studies behind the defaults.
 
-Run the scripts from the repository root as modules (``python -m benchmarks.speed``,
-``python -m benchmarks.report``) or as files (``python benchmarks/learning_detection.py``);
-their records go to ``benchmarks/results/``.
+Run each from the repository root as a module: ``python -m benchmarks.<tool>`` (``speed``,
+``report``, ``learning_detection``, ``learning_segmentation``) or
+``python -m benchmarks.studies.<study>``. The tools' records go to ``benchmarks/results/``, the
+studies' to ``benchmarks/studies/results/``; ``benchmarks/README.md`` lists them all.
 """

@@ -1,10 +1,18 @@
-"""What the benchmark scripts share: their common options, an ``HxW`` size, a record."""
+"""What the benchmark scripts share: where records go, their common options, an ``HxW`` size,
+writing a record."""
 from __future__ import annotations
 
 import argparse
 import json
 from pathlib import Path
 from typing import Sequence, Tuple, Union
+
+#: The repository root (configs and data are found from here).
+REPO = Path(__file__).resolve().parents[1]
+#: Records of the user tools (speed, report, learning runs).
+RESULTS = REPO / 'benchmarks' / 'results'
+#: Records of the studies behind the defaults (``benchmarks/studies/``).
+STUDY_RESULTS = REPO / 'benchmarks' / 'studies' / 'results'
 
 
 def parse_size(text: str) -> Tuple[int, int]:

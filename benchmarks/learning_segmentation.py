@@ -12,14 +12,13 @@ number: ``benchmarks/published.py`` holds the paper's results.
 
 Example::
 
-    OMP_NUM_THREADS=2 python benchmarks/learning_segmentation.py --iters 80
+    OMP_NUM_THREADS=2 python -m benchmarks.learning_segmentation --iters 80
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
-import platform
 import subprocess
 import time
 from typing import Dict
@@ -27,7 +26,9 @@ from typing import Dict
 import numpy as np
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from benchmarks.common import REPO, RESULTS
+from benchmarks.environment import describe, machine_info, versions
+
 CONFIG = 'configs/demo/semantic_fpn_poolformer_s12_tiny.py'
 
 
@@ -69,12 +70,12 @@ def main() -> None:
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--work-dir', default='work_dirs/learning_segmentation',
                         help='runner work dir (logs, last checkpoint)')
-    parser.add_argument('--out', default=os.path.join(ROOT, 'benchmarks', 'results', 'learning_segmentation'),
+    parser.add_argument('--out', default=str(RESULTS / 'learning_segmentation'),
                         help='output path without extension (.json and .md are written)')
     args = parser.parse_args()
     if args.iters < 1:
         parser.error('--iters must be at least 1')
-    os.chdir(ROOT)  # the config's data root is relative to the repository
+    os.chdir(REPO)  # the config's data root is relative to the repository
 
     from mmengine.config import Config
     from mmengine.runner import Runner
@@ -107,9 +108,9 @@ def main() -> None:
         train_wall_s=round(wall, 1),
         **per_class_iou(runner),
         command=f'OMP_NUM_THREADS={os.environ.get("OMP_NUM_THREADS", "")} '
-                f'python benchmarks/learning_segmentation.py --iters {args.iters} --seed {args.seed}',
-        machine=f'{platform.machine()} CPU, {torch.get_num_threads()} torch threads, no GPU',
-        versions={m: __import__(m).__version__ for m in ('torch', 'mmengine', 'mmseg', 'timm')},
+                f'python -m benchmarks.learning_segmentation --iters {args.iters} --seed {args.seed}',
+        machine=machine_info(torch.device('cpu')),
+        versions=versions(),
         commit=subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], capture_output=True,
                               text=True).stdout.strip(),
     )
@@ -141,8 +142,7 @@ every class that is labelled or predicted). A check that the pipeline learns, no
 Classes predicted but absent from the validation labels (IoU 0 in the mIoU):
 {', '.join(result['spurious_classes']) or 'none'}.
 
-Machine: {result['machine']}; {', '.join(f'{k} {v}' for k, v in result['versions'].items())};
-commit {result['commit']}.
+Machine: {describe(result['machine'], result['versions'])}; commit {result['commit']}.
 
 Reproduce: `{result['command']}`
 """

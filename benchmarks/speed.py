@@ -53,7 +53,8 @@ import torch
 
 from .common import parse_size, write_record
 from .speed_models import ATOL, IMPLS
-from .speed_record import machine_info, to_markdown, versions
+from .environment import machine_info, versions
+from .speed_record import to_markdown
 from .speed_scaling import SCALE_SHORT_SIDES, bench_scaling, scaling_worker
 from .speed_timing import bench_backbones, bench_retinanet, bench_switches
 

@@ -1,38 +1,5 @@
-"""The speed benchmark's record: machine, versions, and its markdown rendering."""
+"""The speed benchmark's record rendered as markdown."""
 from __future__ import annotations
-
-import os
-import platform
-from typing import Dict
-
-import torch
-
-
-def versions() -> Dict[str, str]:
-    import importlib.metadata as md
-    out = {'python': platform.python_version()}
-    for pkg in ('torch', 'timm', 'mmengine', 'mmcv', 'mmdet', 'mmpretrain'):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = 'not installed'
-    return out
-
-
-def machine_info(device: torch.device) -> Dict[str, object]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open('/proc/cpuinfo'):
-            if line.startswith('model name'):
-                cpu = line.split(':', 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = dict(cpu=cpu, logical_cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                platform=platform.platform(), device=device.type)
-    if device.type == 'cuda':
-        info['gpu'] = torch.cuda.get_device_name(device)
-    return info
 
 
 def _ms(s: float) -> str:

@@ -6,17 +6,18 @@ machine load hits all of them alike.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import statistics
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from metaformer_dense import MetaFormerBackbone
-from metaformer_dense.fast_path import unfused_mlp
+from metaformer_dense import fast_path
 
 from .speed_models import (build_backbones, build_retinanets, check_agreement, check_gradients,
                            max_diff)
@@ -24,6 +25,19 @@ from .speed_models import (build_backbones, build_retinanets, check_agreement, c
 ROOT = Path(__file__).resolve().parents[1]
 #: The switches row of the CPU path with fc1 and GELU as separate addmm and GELU passes.
 UNFUSED = 'unfused MLP (addmm + GELU)'
+
+
+@contextlib.contextmanager
+def unfused_mlp() -> Iterator[None]:
+    """Within it, the backbone's CPU path runs fc1 and its GELU as addmm + F.gelu instead of
+    oneDNN's fused linear (what builds without the fused op run), so that the speed record can
+    time what the fused op buys side by side. The default is back on exit."""
+    saved = fast_path._fused_linear
+    fast_path._fused_linear = False  # the CPU path's own "fused op unavailable" state
+    try:
+        yield
+    finally:
+        fast_path._fused_linear = saved
 
 
 def sync(device: torch.device) -> None:

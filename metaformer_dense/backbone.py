@@ -105,27 +105,24 @@ class MetaFormerBackbone(BaseModule):
             ``None`` keeps the arch's own (1e-5 / 1e-6 for PoolFormer v1, which leaves the blocks
             nearly inert for hundreds of iterations without ImageNet weights). Loaded
             checkpoints overwrite it.
-        channels_last: Run the stem and stages in channels-last (NHWC) memory: same math; on CPU
-            faster, and it lets the stages run through :mod:`metaformer_dense.fast_path`. On CUDA
-            NCHW is faster (benchmarks/results/train_step_cuda.md: PoolFormer-S12 training step
-            39 vs 42 ms). ``None`` (default): NHWC on CPU, NCHW elsewhere, decided from the
-            device the backbone is moved to (``.cuda()``, ``.to(...)``); ``True`` / ``False``
-            force it. Outputs are always plain contiguous NCHW tensors.
+        channels_last: Run the stem and stages in channels-last (NHWC) memory: same math; it
+            lets the stages run through :mod:`metaformer_dense.fast_path` on CPU. ``None``
+            (default): NHWC on CPU, NCHW elsewhere (the faster layout of each, docs/speed.md),
+            decided from the device the backbone is moved to (``.cuda()``, ``.to(...)``);
+            ``True`` / ``False`` force it. Outputs are always plain contiguous NCHW tensors.
         compile: ``torch.compile`` the forward on its first call: ``True``, or a dict of
             ``torch.compile`` arguments. A new input shape may recompile (docs/speed.md). The
             first call per input signature is compared with eager; a compiled forward that
             disagrees is dropped with a warning (:mod:`metaformer_dense.compile_guard`);
             ``verify=False`` in the dict skips the check.
         lean_training: Each block saves only its input and ``fc1``'s output for backward and
-            recomputes the rest (:mod:`metaformer_dense.lean_training`; S12 at 800x1216 keeps
-            0.38 of what timm's modules keep, benchmarks/results/memory.md). Same gradients, any
-            device; needs NHWC (``True`` makes ``channels_last=None`` pick it on every device) and
-            no autocast. ``None`` (default): on for CPU tensors of pooling archs (PoolFormer v1/v2),
-            off elsewhere: ConvFormer's and CAFormer's blocks would recompute their convolution
-            mixer and train slower than timm's modules on CPU (train_step_cpu.md); on CUDA it is
-            about 2x slower than timm's modules and ``with_cp`` is both faster and smaller there
-            (benchmarks/results/train_step_cuda.md). ``True`` / ``False`` force it. ``with_cp``
-            takes precedence.
+            recomputes the rest (:mod:`metaformer_dense.lean_training`): same gradients, less
+            memory kept for backward, any device; needs NHWC (``True`` makes
+            ``channels_last=None`` pick it on every device) and no autocast. ``None`` (default):
+            on for CPU tensors of pooling archs (PoolFormer v1/v2), off elsewhere, where it is
+            slower than timm's modules (convolution mixers recompute their convolution; on CUDA
+            ``with_cp`` is both faster and smaller): docs/speed.md has the measurements.
+            ``True`` / ``False`` force it. ``with_cp`` takes precedence.
         token_mixers: Token mixers from mmengine's registry instead of the arch's:
             ``dict(type='MyMixer', ...)`` for every stage, or a list of four (``None`` keeps the
             arch's own mixer in that stage). Each block gets its own instance, built with

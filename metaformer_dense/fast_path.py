@@ -38,8 +38,7 @@ asks :func:`observed` first and runs timm's modules whenever anything records or
 """
 from __future__ import annotations
 
-import contextlib
-from typing import Iterator, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,8 +53,7 @@ from .chunked_mlp import (act_forward, act_spec, as_matrix, chunk_rows, mlp_back
                           mlp_forward_chunks, mlp_weights, residual_, scale_of, supported_block)
 from .mixers import call_mixer
 
-__all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward',
-           'unfused_mlp']
+__all__ = ['applies', 'recording', 'has_hooks', 'observed', 'stage_supported', 'stage_forward']
 
 
 def applies(x: torch.Tensor) -> bool:
@@ -119,18 +117,6 @@ def _linear(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor]) -> torc
 # the output first. Inference only: training keeps fc1's output before the activation. None:
 # not tried yet; False: this torch build lacks it, so addmm and F.gelu run instead.
 _fused_linear: Optional[bool] = None
-
-
-@contextlib.contextmanager
-def unfused_mlp() -> Iterator[None]:
-    """Within it, the CPU path runs fc1 and its GELU as addmm + F.gelu, not oneDNN's fused
-    linear (what ``benchmarks.speed`` times side by side, and what builds without it run)."""
-    global _fused_linear
-    saved, _fused_linear = _fused_linear, False
-    try:
-        yield
-    finally:
-        _fused_linear = saved
 
 
 def _linear_act(x: torch.Tensor, w: torch.Tensor, b: Optional[torch.Tensor],

@@ -51,3 +51,8 @@ def small_chunks(monkeypatch) -> None:
     """Several MLP row chunks per stage at the tests' sizes, the last one partial."""
     from metaformer_dense import chunked_mlp
     monkeypatch.setattr(chunked_mlp, 'CHUNK_BYTES', 64 * 4 * 4 * 64)
+
+
+def quick_compile_backbone(arch: str, compile: bool = False) -> MetaFormerBackbone:
+    """MetaFormerBackbone whose compile=True runs dynamo's graphs eagerly: seconds, not minutes."""
+    return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)

@@ -52,6 +52,7 @@ def test_inference_matches_timm_modules(arch, fused, small_chunks, spy, monkeypa
 
 def test_unfused_mlp_switches_the_fallback_on_and_restores(small_chunks, monkeypatch):
     # benchmarks.speed times the CPU path with and without oneDNN's fused fc1 + GELU this way
+    from benchmarks.speed_timing import unfused_mlp
     monkeypatch.setattr(fast_path, '_fused_linear', None)
     addmm_calls = []  # the unfused products: addmm, then F.gelu
     linear = fast_path._linear
@@ -63,7 +64,7 @@ def test_unfused_mlp_switches_the_fallback_on_and_restores(small_chunks, monkeyp
         assert bool(addmm_calls) != fused_here
         addmm_calls.clear()
         with pytest.raises(RuntimeError, match='inside'):
-            with fast_path.unfused_mlp():
+            with unfused_mlp():
                 unfused = model(X)
                 assert addmm_calls  # every MLP chunk went through addmm
                 raise RuntimeError('inside')

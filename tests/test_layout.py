@@ -193,3 +193,20 @@ def test_only_conftest_locates_the_repository():
            if re.search(r'\(\s*__file__\s*\)', p.read_text())]  # Path(...) / dirname(...)
     assert not own, f'{own} locate the repository from __file__; use conftest.REPO'
 
+
+
+def test_nothing_imports_a_study_and_no_benchmark_edits_sys_path():
+    # benchmarks/studies/ are instruments behind the defaults: the toolkit and the user tools
+    # stand without them. Every benchmark runs as `python -m benchmarks.<tool>` from the root.
+    for path in source_files():
+        rel = path.relative_to(REPO)
+        if rel.parts[0] == 'tests' or rel.parts[:2] == ('benchmarks', 'studies'):
+            continue
+        tree = ast.parse(path.read_text(), filename=str(path))
+        studies = [f'{m}.{n}' for m, n in imports_of(tree, module_name(path),
+                                                     path.name == '__init__.py')
+                   if f'{m}.{n}'.startswith('benchmarks.studies')]
+        assert not studies, f'{rel} imports {studies}'
+    for path in sorted((REPO / 'benchmarks').rglob('*.py')):
+        assert 'sys.path.insert' not in path.read_text(), (
+            f'{path.relative_to(REPO)} edits sys.path; run it as python -m benchmarks.<name>')

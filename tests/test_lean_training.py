@@ -6,7 +6,7 @@ import torch
 import backbone_helpers as helpers
 from backbone_helpers import randomized as _randomized, timm_modules_copy as _timm_modules
 from metaformer_dense import lean_training
-from metaformer_dense.memory import saved_tensor_bytes
+from benchmarks.saved_tensors import saved_tensor_bytes
 
 X = torch.randn(2, 3, 70, 90, generator=torch.Generator().manual_seed(0))
 
@@ -111,7 +111,7 @@ def test_off_cpu_a_switch_and_device_independent(lean_calls):
 
 def test_default_on_cpu_is_lean_for_pooling_mixers_only(lean_calls):
     """ConvFormer / CAFormer lean blocks recompute a separable convolution in backward and train
-    slower than timm's modules on CPU (benchmarks/results/train_step_cpu.md): off by default."""
+    slower than timm's modules on CPU (benchmarks/studies/results/train_step_cpu.md): off by default."""
     for arch, lean in (('poolformerv2_s12', True), ('convformer_s18', False),
                        ('caformer_s18', False)):
         lean_calls.clear()

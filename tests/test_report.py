@@ -1,11 +1,9 @@
 """benchmarks/report: the cells a user reads, filled from real models and files."""
 import json
-import signal
 from pathlib import Path
 
 import pytest
 import torch
-from tqdm import tqdm
 
 from benchmarks import report
 from benchmarks.report import measure
@@ -108,103 +106,3 @@ def test_attention_multiply_adds_are_counted():
     counted = FlopAnalyzer(Attention(), (q, k, v)).set_op_handle(
         'aten::scaled_dot_product_attention', measure._sdpa_macs)
     assert counted.total() == 2 * 4 * 10 * 6 * (8 + 5)
-
-
-def test_train_step_benchmark_records_time_and_equal_gradients(tmp_path):
-    from benchmarks import train_step
-    out = tmp_path / 'ts'
-    rec = train_step.main(['--device', 'cpu', '--archs', 'poolformer_s12', '--size', '64x96',
-                           '--batch', '1', '--repeats', '1', '--warmup', '0', '--out', str(out)])
-    (row,) = rec['rows']
-    assert set(row['impls']) == set(train_step.IMPLS)
-    assert all(v['median_s'] > 0 for v in row['impls'].values())
-    # every toolkit variant computes timm's gradients (fp32 rounding only)
-    assert set(row['grad_rel_diff_vs_ref']) == set(train_step.BACKBONE_IMPLS)
-    assert all(d < 1e-4 for d, _ in row['grad_rel_diff_vs_ref'].values())
-    md = (tmp_path / 'ts.md').read_text()
-    assert '| poolformer_s12 | 1x64x96 | lean (NHWC) |' in md
-
-
-def test_benchmarks_refuse_a_bad_size_naming_it(capsys):
-    from benchmarks import train_step
-    with pytest.raises(SystemExit):
-        train_step.main(['--size', '800-1216'])
-    assert "bad size '800-1216': write HxW" in capsys.readouterr().err
-
-
-def _quick_compile_backbone(arch, compile=False):
-    """MetaFormerBackbone whose compile=True runs dynamo's graphs eagerly: seconds, not minutes."""
-    from metaformer_dense import MetaFormerBackbone
-    return MetaFormerBackbone(arch, compile=dict(backend='eager') if compile else False)
-
-
-def test_speed_switches_time_compile_bf16_and_the_unfused_cpu_mlp(monkeypatch):
-    from benchmarks import speed_timing
-    from metaformer_dense import fast_path
-    monkeypatch.setattr(speed_timing, 'MetaFormerBackbone', _quick_compile_backbone)
-    rec = speed_timing.bench_switches('poolformer_s12', (64, 96), 1, 0, torch.device('cpu'),
-                                      tqdm(disable=True))
-    assert set(rec['impls']) == {'toolkit', 'compile', 'bf16 autocast', speed_timing.UNFUSED}
-    assert rec['compile_rejected'] is None
-    assert rec['max_abs_diff_vs_fp32_eager'][speed_timing.UNFUSED] < 1e-4
-    # the fused default is back after the row (where this torch has oneDNN's fused linear)
-    assert fast_path._fused_linear is torch.backends.mkldnn.is_available()
-
-
-def test_speed_benchmark_keeps_finished_sections_when_interrupted(tmp_path, monkeypatch):
-    """A timeout (SIGTERM) or Ctrl-C during a later section still writes what was measured."""
-    from benchmarks import speed
-
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt('signal 15')
-
-    monkeypatch.setattr(speed, 'bench_retinanet', interrupted)
-    out = tmp_path / 'speed'
-    sigterm = signal.getsignal(signal.SIGTERM)
-    with pytest.raises(SystemExit) as exc:
-        speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', '--skip', 'switches',
-                    '--out', str(out)])
-    assert exc.value.code == 130
-    assert signal.getsignal(signal.SIGTERM) is sigterm  # the caller's handler is back
-    rec = json.loads((tmp_path / 'speed.json').read_text())
-    assert rec['interrupted'] and rec['backbones'] and 'retinanet' not in rec
-    assert '**Interrupted run**' in (tmp_path / 'speed.md').read_text()
-
-
-def test_step_floor_runs_the_steps_matrix_products_and_records_the_bound(tmp_path):
-    from benchmarks import step_floor
-    rec = step_floor.main(['--size', '64x96', '--repeats', '1', '--warmup', '0',
-                           '--out', str(tmp_path / 'floor')])
-    (row,) = rec['rows']
-    assert set(row['median_s']) == set(step_floor.IMPLS)
-    # the floor's products: fc1 / fc2 forward, input and weight gradients (6 per block, 2*M*C*H
-    # FLOP each), which are most of the step's counted work
-    dims, depths, hidden = (64, 128, 320, 512), (2, 2, 6, 2), 4
-    rows = [64 * 96 // s ** 2 for s in (4, 8, 16, 32)]
-    mlp = sum(d * 6 * 2 * m * c * hidden * c for d, m, c in zip(depths, rows, dims))
-    assert 0.8 < mlp / (row['step_gflop'] * 1e9) < 1
-    assert '| poolformer_s12 | 1x64x96 |' in (tmp_path / 'floor.md').read_text()
-    with pytest.raises(SystemExit, match='pooling token mixers'):
-        step_floor.main(['--archs', 'convformer_s18', '--size', '64x96', '--repeats', '1',
-                         '--out', str(tmp_path / 'conv')])
-
-
-def test_step_floor_times_the_compiled_step_next_to_the_floor(tmp_path, monkeypatch):
-    from benchmarks import step_floor
-    monkeypatch.setattr(step_floor, 'MetaFormerBackbone', _quick_compile_backbone)
-    rec = step_floor.main(['--size', '64x96', '--repeats', '1', '--warmup', '0', '--compile',
-                           '--out', str(tmp_path / 'floor')])
-    (row,) = rec['rows']
-    assert set(row['median_s']) == {*step_floor.IMPLS, step_floor.COMPILED}
-    assert row['compile_rejected'] is None and row['compile_first_step_s'] > 0
-    text = (tmp_path / 'floor.md').read_text()
-    assert 'With `compile=True`' in text and '| agreed |' in text
-
-
-def test_speed_benchmark_names_why_mmpretrain_does_not_import(monkeypatch):
-    import sys
-    from benchmarks import speed
-    monkeypatch.setitem(sys.modules, 'mmpretrain.models', None)  # its import now fails
-    with pytest.raises(SystemExit, match=r'importing it failed: ModuleNotFoundError: .*'
-                                         r'mmpretrain\.models'):
-        speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', 'mmpretrain'])

@@ -7,8 +7,8 @@
 #  3. tests/test_gpu.py on the GPU (backbone CUDA vs CPU, mmcv CUDA NMS/RoIAlign, RetinaNet and
 #     Mask R-CNN training steps, fp16/bf16 training without NaN), then the rest of the suite;
 #  4. benchmarks/speed.py on CUDA into benchmarks/results/speed_cuda.{md,json};
-#  5. benchmarks/train_step.py on CUDA (lean blocks vs timm modules, NHWC vs NCHW: time, peak
-#     memory, gradients) into benchmarks/results/train_step_cuda.{md,json}.
+#  5. benchmarks/studies/train_step.py on CUDA (lean blocks vs timm modules, NHWC vs NCHW: time, peak
+#     memory, gradients) into benchmarks/studies/results/train_step_cuda.{md,json}.
 # The record of the run goes to benchmarks/results/gpu_check.md.
 #
 # Environment:
@@ -96,8 +96,8 @@ if has_step speed; then
     2>&1 | tee "$VENV/speed.log" || status=1
 fi
 if has_step train-step; then
-  log "benchmarks/train_step.py on CUDA"
-  "$PY" -m benchmarks.train_step --device cuda 2>&1 | tee "$VENV/train_step.log" || status=1
+  log "benchmarks/studies/train_step.py on CUDA"
+  "$PY" -m benchmarks.studies.train_step --device cuda 2>&1 | tee "$VENV/train_step.log" || status=1
 fi
 
 {

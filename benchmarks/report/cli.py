@@ -20,13 +20,12 @@ from __future__ import annotations
 import argparse
 import datetime
 import glob
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Optional, Sequence
 
+from ..environment import describe, machine_info, versions
 from .render import plot, to_markdown
 from .rows import analyse
 
@@ -76,12 +75,11 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         for config in bar:
             bar.set_postfix_str(Path(config).stem)
             rows.append(analyse(config, work_dirs, not args.no_flops, device))
-    machine = (torch.cuda.get_device_name() if device == 'cuda'
-               else f'CPU ({platform.machine()}, {os.cpu_count()} cores)')
+    machine = describe(machine_info(torch.device(device)), versions())
     meta = dict(date=datetime.datetime.now().strftime('%Y-%m-%d %H:%M'),
                 command=' '.join(['python -m benchmarks.report',
                                   *(sys.argv[1:] if argv is None else argv)]),
-                machine=machine, torch=torch.__version__, device=device,
+                machine=machine, device=device,
                 elapsed_s=time.time() - t0)
     md = to_markdown(rows, meta)
     out = Path(args.out)

@@ -25,7 +25,7 @@ def to_markdown(rows: Sequence[Row], meta: dict) -> str:
     gpu = meta['device'] == 'cuda'
     out = ['# Benchmark report', '',
            f'Generated {meta["date"]} by `{meta["command"]}` on {meta["machine"]} '
-           f'(torch {meta["torch"]}, {meta["elapsed_s"]:.0f} s). `make report` regenerates this '
+           f'({meta["elapsed_s"]:.0f} s). `make report` regenerates this '
            'file and its plot for all configs.', '',
            f'Paper numbers: {POOLFORMER_SOURCE}. Differences in parentheses are ours minus the '
            "paper's. Params are counted on the model each config builds; FLOPs are "

@@ -19,8 +19,8 @@ backbones inside one run only.
 
 Usage::
 
-    .venv/bin/python benchmarks/profile_step.py                     # ~10 min on 2 CPU cores
-    .venv/bin/python benchmarks/profile_step.py --input 400x608 --repeats 2   # quicker
+    python -m benchmarks.studies.profile_step                     # ~10 min on 2 CPU cores
+    python -m benchmarks.studies.profile_step --input 400x608 --repeats 2   # quicker
 """
 from __future__ import annotations
 
@@ -39,11 +39,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import parse_size, write_record  # noqa: E402
+from benchmarks.common import REPO, STUDY_RESULTS, parse_size, write_record
+from benchmarks.environment import describe, machine_info, versions
 
 CONFIGS = ('configs/retinanet_poolformer_s12.py', 'configs/mask_rcnn_poolformer_s12.py')
 SECTIONS = ('preprocess', 'backbone fwd', 'neck fwd', 'heads fwd+loss', 'targets',
@@ -97,7 +94,7 @@ def build(config: str, seed: int = 0) -> Dict[str, nn.Module]:
     from mmengine.registry import init_default_scope
     import mmdet_plugin  # noqa: F401  (registers type='MetaFormer')
 
-    cfg = Config.fromfile(str(ROOT / config))
+    cfg = Config.fromfile(str(REPO / config))
     cfg.model.backbone.init_cfg = None  # random weights, no ImageNet file needed
     init_default_scope('mmdet')
     torch.manual_seed(seed)
@@ -187,8 +184,9 @@ def profile_config(config: str, batch: int, size: Tuple[int, int], repeats: int)
 
 def to_markdown(rec: dict) -> str:
     lines = ['# CPU training step: where the time goes (toolkit backbone vs timm)', '',
-             f'Recorded {rec["date"]} by `{rec["command"]}`; {rec["cpus"]} logical CPUs, '
-             f'torch threads {rec["threads"]}, load average before/after: {rec["load_before"]}'
+             f'Recorded {rec["date"]} by `{rec["command"]}` on '
+             f'{describe(rec["machine"], rec["versions"])}; load average before/after: '
+             f'{rec["load_before"]}'
              f' / {rec["load_after"]} (a shared machine: compare within this run only).', '',
              'Medians of the timed steps (one warm-up step first), the two backbones '
              'interleaved step by step with the same weights and data. `targets` is part of '
@@ -217,13 +215,14 @@ def main(argv=None) -> dict:
                    help='HxW of the training images')
     p.add_argument('--batch', type=int, default=2)
     p.add_argument('--repeats', type=int, default=3)
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'profile_step_cpu'),
+    p.add_argument('--out', default=str(STUDY_RESULTS / 'profile_step_cpu'),
                    help='record path without extension (.json and .md are written)')
     args = p.parse_args(argv)
     size = args.input
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
-               command=shlex.join(['benchmarks/profile_step.py'] + (argv or sys.argv[1:])),
-               cpus=os.cpu_count(), threads=torch.get_num_threads(),
+               command=shlex.join(['python', '-m', 'benchmarks.studies.profile_step']
+                                  + (argv or sys.argv[1:])),
+               machine=machine_info(torch.device('cpu')), versions=versions(),
                load_before=[round(v, 2) for v in os.getloadavg()])
     rec['runs'] = [profile_config(c, args.batch, size, args.repeats) for c in args.configs]
     rec['load_after'] = [round(v, 2) for v in os.getloadavg()]

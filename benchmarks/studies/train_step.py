@@ -15,15 +15,15 @@ For each arch, on the same random weights and the same batch:
 
 Times are medians of interleaved repeats (each repeat runs every implementation once, the order
 rotated), so load hits all alike. Peak memory is ``torch.cuda.max_memory_allocated`` above what
-was allocated before the step (CUDA only; on CPU benchmarks/memory.py counts saved bytes).
+was allocated before the step (CUDA only; on CPU benchmarks/studies/memory.py counts saved bytes).
 Gradients of the input and of every parameter are compared with ``not lean (NCHW)`` on a
 second, TF32-free pass: the largest max|diff| / max|grad| over all of them (max|grad| taken as
 at least 1e-3 of the largest gradient, so that gradients whose true value is 0 do not count).
 
 Usage::
 
-    python -m benchmarks.train_step --device cuda          # ~1 min on an H100
-    python -m benchmarks.train_step --device cpu --archs poolformer_s12 --size 256x256
+    python -m benchmarks.studies.train_step --device cuda          # ~1 min on an H100
+    python -m benchmarks.studies.train_step --device cpu --archs poolformer_s12 --size 256x256
 """
 from __future__ import annotations
 
@@ -37,15 +37,11 @@ from typing import Callable, Dict
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-from metaformer_dense import MetaFormerBackbone  # noqa: E402
-from benchmarks.common import step_parser, write_record  # noqa: E402
-from benchmarks.speed_models import randomize_, timm_features  # noqa: E402
-from benchmarks.speed_record import machine_info, versions  # noqa: E402
-from benchmarks.speed_timing import interleaved, summarise, sync  # noqa: E402
+from metaformer_dense import MetaFormerBackbone
+from benchmarks.common import STUDY_RESULTS, step_parser, write_record
+from benchmarks.speed_models import randomize_, timm_features
+from benchmarks.environment import machine_info, versions
+from benchmarks.speed_timing import interleaved, summarise, sync
 
 ARCHS = ('poolformer_s12', 'poolformer_m48', 'convformer_s18', 'caformer_s18')
 BACKBONE_IMPLS: Dict[str, dict] = {
@@ -177,15 +173,15 @@ def main(argv=None) -> dict:
     p = step_parser(__doc__, ARCHS, batch=2, repeats=10, warmup=2)
     p.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     p.add_argument('--out', default=None, help='record path without extension (default: '
-                   'benchmarks/results/train_step_<device>)')
+                   'benchmarks/studies/results/train_step_<device>)')
     args = p.parse_args(argv)
     device = torch.device(args.device)
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
-               command=shlex.join(['python', '-m', 'benchmarks.train_step']
+               command=shlex.join(['python', '-m', 'benchmarks.studies.train_step']
                                   + list(sys.argv[1:] if argv is None else argv)),
                machine=machine_info(device), versions=versions(),
                rows=run(args.archs, args.size, args.batch, args.repeats, args.warmup, device))
-    out = Path(args.out or ROOT / 'benchmarks' / 'results' / f'train_step_{device.type}')
+    out = Path(args.out or STUDY_RESULTS / f'train_step_{device.type}')
     write_record(out, rec, to_markdown(rec))
     print(to_markdown(rec))
     return rec

@@ -1,7 +1,7 @@
 """What the backbone keeps for backward in training, next to timm's modules, per architecture.
 
 Counts the bytes of the distinct storages autograd saves during one training forward
-(:func:`metaformer_dense.memory.saved_tensor_bytes`, parameters left out), at 800x1216, for:
+(:func:`benchmarks.saved_tensors.saved_tensor_bytes`, parameters left out), at 800x1216, for:
 
 * ``toolkit (lean)``: :class:`metaformer_dense.MetaFormerBackbone` with ``lean_training=True``
   (the CPU default; each block keeps its input and ``fc1``'s output);
@@ -19,16 +19,14 @@ input's gradient with timm's modules on the same weights at the same size.
 
 Usage::
 
-    .venv/bin/python benchmarks/memory.py            # ~5 min on 2 CPU cores
-    .venv/bin/python benchmarks/memory.py --help
+    python -m benchmarks.studies.memory            # ~5 min on 2 CPU cores
+    python -m benchmarks.studies.memory --help
 """
 from __future__ import annotations
 
 import argparse
 import copy
 import datetime
-import os
-import platform
 import shlex
 import sys
 from pathlib import Path
@@ -36,13 +34,10 @@ from typing import Dict, List, Tuple
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import parse_size, write_record  # noqa: E402
-from metaformer_dense import MetaFormerBackbone  # noqa: E402
-from metaformer_dense.memory import saved_tensor_bytes  # noqa: E402
+from benchmarks.common import STUDY_RESULTS, parse_size, write_record
+from benchmarks.environment import describe, machine_info, versions
+from metaformer_dense import MetaFormerBackbone
+from benchmarks.saved_tensors import saved_tensor_bytes
 
 ARCHS = ('poolformer_s12', 'poolformer_s24', 'poolformer_s36', 'poolformer_m36',
          'poolformer_m48', 'convformer_s18', 'caformer_s18')
@@ -123,8 +118,8 @@ def cpu_check(arch: str, size: Tuple[int, int], batch: int) -> dict:
 def to_markdown(rec: dict) -> str:
     h, w = rec['size']
     lines = ['# Activation memory: what training keeps for backward', '',
-             f'Recorded {rec["date"]} by `{rec["command"]}` (torch {rec["torch"]}, '
-             f'timm {rec["timm"]}).', '',
+             f'Recorded {rec["date"]} by `{rec["command"]}` on '
+             f'{describe(rec["machine"], rec["versions"])}.', '',
              'MiB of the distinct storages autograd saves for backward during one training '
              f'forward at {h}x{w} (`saved_tensors_hooks`; parameters not counted), measured on '
              "PyTorch's `meta` device: the count depends on shapes, not on the device. "
@@ -186,14 +181,14 @@ def main(argv=None) -> dict:
     p.add_argument('--batches', nargs='+', type=int, default=[1, 2])
     p.add_argument('--check-arch', default='poolformer_s12',
                    help='arch of the real-CPU check ("none" to skip)')
-    p.add_argument('--out', default=str(ROOT / 'benchmarks' / 'results' / 'memory'),
+    p.add_argument('--out', default=str(STUDY_RESULTS / 'memory'),
                    help='record path without extension (.json and .md are written)')
     args = p.parse_args(argv)
     size = args.size
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
-               command=shlex.join(['benchmarks/memory.py'] + (argv or sys.argv[1:])),
-               torch=torch.__version__, timm=__import__('timm').__version__,
-               machine=dict(platform=platform.platform(), logical_cpus=os.cpu_count()),
+               command=shlex.join(['python', '-m', 'benchmarks.studies.memory']
+                                  + (argv or sys.argv[1:])),
+               machine=machine_info(torch.device('cpu')), versions=versions(),
                size=list(size), table=table(args.archs, size, args.batches))
     if args.check_arch != 'none':
         rec['cpu_check'] = cpu_check(args.check_arch, size, 1)

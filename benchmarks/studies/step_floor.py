@@ -18,9 +18,9 @@ torch's compiler fuses the element-wise work between the products into generated
 
 Usage::
 
-    python -m benchmarks.step_floor                       # S12, 1x800x1216, CPU
-    python -m benchmarks.step_floor --archs poolformer_s12 poolformer_m48 --size 800x1216
-    python -m benchmarks.step_floor --compile             # + the compiled step (minutes to compile)
+    python -m benchmarks.studies.step_floor                       # S12, 1x800x1216, CPU
+    python -m benchmarks.studies.step_floor --archs poolformer_s12 poolformer_m48 --size 800x1216
+    python -m benchmarks.studies.step_floor --compile     # + the compiled step (minutes to compile)
 """
 from __future__ import annotations
 
@@ -35,15 +35,11 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # run from a checkout without installing
-    sys.path.insert(0, str(ROOT))
-
-from metaformer_dense import MetaFormerBackbone  # noqa: E402
-from benchmarks.common import step_parser, write_record  # noqa: E402
-from benchmarks.speed_models import randomize_, timm_features  # noqa: E402
-from benchmarks.speed_record import machine_info, versions  # noqa: E402
-from benchmarks.speed_timing import interleaved  # noqa: E402
+from metaformer_dense import MetaFormerBackbone
+from benchmarks.common import STUDY_RESULTS, step_parser, write_record
+from benchmarks.speed_models import randomize_, timm_features
+from benchmarks.environment import machine_info, versions
+from benchmarks.speed_timing import interleaved
 
 IMPLS = ('timm', 'toolkit (default)', 'floor: matrix products only')
 COMPILED = 'toolkit compile=True'
@@ -214,16 +210,16 @@ def main(argv=None) -> dict:
     p.add_argument('--compile', action='store_true',
                    help='also time the toolkit with compile=True (compiling takes minutes)')
     p.add_argument('--out', default=None, help='record path without extension (default: '
-                   'benchmarks/results/step_floor_cpu)')
+                   'benchmarks/studies/results/step_floor_cpu)')
     args = p.parse_args(argv)
     rec = dict(date=datetime.datetime.now().isoformat(timespec='seconds'),
-               command=shlex.join(['python', '-m', 'benchmarks.step_floor']
+               command=shlex.join(['python', '-m', 'benchmarks.studies.step_floor']
                                   + list(sys.argv[1:] if argv is None else argv)),
                machine=machine_info(torch.device('cpu')), versions=versions(),
                fp32_peak_gflops=fp32_peak_gflops(),
                rows=run(args.archs, args.size, args.batch, args.repeats, args.warmup,
                         args.compile))
-    out = Path(args.out or ROOT / 'benchmarks' / 'results' / 'step_floor_cpu')
+    out = Path(args.out or STUDY_RESULTS / 'step_floor_cpu')
     write_record(out, rec, to_markdown(rec))
     print(to_markdown(rec))
     return rec

@@ -4,7 +4,8 @@ The bytes of the distinct storages that autograd saves for the backward pass (se
 ``torch.autograd.graph.saved_tensors_hooks``) while a function runs. Parameters, which exist
 whether or not anything is trained, can be left out. The number does not depend on the
 allocator, so CPU and GPU runs agree, and on the ``meta`` device it costs no memory at all;
-``benchmarks/memory.py`` records it per architecture.
+``benchmarks/studies/memory.py`` records it per architecture and tests/test_lean_training.py
+bounds the lean blocks with it.
 """
 from __future__ import annotations
 
