@@ -7,15 +7,21 @@ against. So ``pip install .`` into an environment with its own torch, mmcv and m
 where they are in range. mmcv publishes no wheels for current torch: install it first
 (tools/setup_env.sh builds and caches it; see requirements/mminstall.txt).
 
-The version is read from metaformer_dense/version.py without importing
+Like OpenMMLab's own packages, the wheel carries ``metaformer_dense/.mim/``: the configs, the
+tools and ``model-index.yml`` with its metafiles, which is where ``mim search`` / ``mim train``
+look (docs/install.md). The version is read from metaformer_dense/version.py without importing
 the package.
 """
 import ast
 import os
+import shutil
 
 from setuptools import find_packages, setup
+from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+#: What ``metaformer_dense/.mim/`` carries, relative to the repository root.
+MIM_FILES = ('configs', 'tools', 'model-index.yml')
 
 
 def requirements(name: str) -> list:
@@ -42,6 +48,30 @@ def readme() -> str:
     return open(path, encoding='utf-8').read() if os.path.exists(path) else ''
 
 
+class BuildPyWithMim(build_py):
+    """build_py that also copies the configs, tools and model index into ``metaformer_dense/.mim``.
+
+    An editable install maps the packages onto the source tree, where the files are at the
+    repository root already, so it copies nothing.
+    """
+
+    def run(self) -> None:
+        super().run()
+        if getattr(self, 'editable_mode', False):
+            return
+        target = os.path.join(self.build_lib, 'metaformer_dense', '.mim')
+        for name in MIM_FILES:
+            src, dst = os.path.join(HERE, name), os.path.join(target, name)
+            if os.path.isdir(src):
+                shutil.rmtree(dst, ignore_errors=True)
+                shutil.copytree(src, dst, ignore=shutil.ignore_patterns('__pycache__', '*.pyc'))
+            elif os.path.isfile(src):
+                os.makedirs(target, exist_ok=True)
+                shutil.copyfile(src, dst)
+            else:
+                raise FileNotFoundError(f'{src} is missing: the wheel\'s .mim/ needs it')
+
+
 setup(
     name='metaformer-dense',
     version=version(),
@@ -53,10 +83,11 @@ setup(
     python_requires='>=3.10',
     packages=find_packages(include=['metaformer_dense*', 'metaformer_runner*', 'mmdet_plugin*',
                                     'mmseg_plugin*']),
+    cmdclass={'build_py': BuildPyWithMim},
     install_requires=requirements('runtime.txt') + requirements('mminstall.txt'),
     extras_require={
         'tests': requirements('tests.txt'),
-        # mmdet's / mmseg's own tools and mim
+        # mmdet's / mmseg's own tools and mim (docs/install.md)
         'tools': requirements('tools.txt'),
         # tools/export_onnx.py: the ONNX packages the export tests pin
         'export': [r for r in requirements('tests.txt') if r.startswith('onnx')],
