@@ -101,19 +101,25 @@ def test_mim_search_lists_the_models(installed, tmp_path):
     assert 'config id: retinanet_poolformer_s12' not in proc.stdout
 
 
-def test_mim_train_runs_a_packaged_config(installed, tmp_path):
+def test_mim_train_and_test_run_a_packaged_config(installed, tmp_path):
     work = tmp_path / 'work'
     data = REPO / 'data' / 'tiny_ade20k'
+    roots = [f'{split}_dataloader.dataset.data_root={data}' for split in ('train', 'val', 'test')]
     proc = run_script(
         sys.executable, '-m', 'mim', 'train', 'metaformer-dense',
-        'semantic_fpn_poolformer_s12_tiny.py', '--work-dir', work, '--cfg-options',
-        f'train_dataloader.dataset.data_root={data}', f'val_dataloader.dataset.data_root={data}',
-        f'test_dataloader.dataset.data_root={data}', 'train_cfg.max_iters=2',
-        'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
+        'semantic_fpn_poolformer_s12_tiny.py', '--work-dir', work, '--cfg-options', *roots,
+        'train_cfg.max_iters=2', 'train_cfg.val_interval=2', 'default_hooks.checkpoint.interval=2',
         'param_scheduler.0.end=2', env=_mim_env(installed), cwd=tmp_path, timeout=900)
     log = proc.stdout + proc.stderr
     packaged = installed / 'metaformer_dense' / '.mim'
     assert f'{packaged}/tools/train.py' in log, log[-3000:]  # the wheel's copy of the tool
     assert 'Training finished successfully' in log, log[-3000:]
     assert (work / 'iter_2.pth').is_file(), sorted(os.listdir(work))
-    assert 'mIoU' in log, log[-3000:]
+
+    proc = run_script(
+        sys.executable, '-m', 'mim', 'test', 'metaformer-dense',
+        'semantic_fpn_poolformer_s12_tiny.py', '--checkpoint', work / 'iter_2.pth',
+        '--work-dir', tmp_path / 'test', '--cfg-options', *roots, env=_mim_env(installed),
+        cwd=tmp_path, timeout=900)
+    log = proc.stdout + proc.stderr
+    assert f'{packaged}/tools/test.py' in log and 'mIoU' in log, log[-3000:]
