@@ -111,7 +111,7 @@ def reported_metric(metrics: Mapping[str, float], key: str) -> float:
     A broken evaluation fails this: the key missing (the metric did not run, or under another
     name), NaN (a model whose outputs went NaN), or mmdet's -1 (nothing to evaluate: no ground
     truth reached the metric). After the one training iteration of a test a floor on the value
-    would be flaky; what training reaches is recorded by benchmarks/learning_*.py in
+    would be flaky; what training reaches is recorded by benchmarks/learning.py in
     benchmarks/results/learning_*.json.
     """
     assert key in metrics, f'no {key!r} among the reported metrics {sorted(metrics)}'
