@@ -115,6 +115,9 @@ def tiny_run_cfg(stem: str, work_dir: Path) -> Config:
     """The demo config cut to one training iteration (batch 2) and 2 validation images."""
     cfg = load(stem)
     cfg.work_dir = str(work_dir)
+    # mmengine keeps one visualizer per name for the whole process; a run of its own writes to
+    # its own work dir, not to an earlier test's (deleted) one.
+    cfg.visualizer.name = f'visualizer_{work_dir.name}'
     cfg.train_dataloader.batch_size = 2
     cfg.train_dataloader.dataset.indices = 2
     cfg.train_dataloader.sampler = dict(type='DefaultSampler', shuffle=False)
