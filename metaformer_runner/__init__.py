@@ -11,18 +11,18 @@ runner checkpoints, loads whole models strictly, and reads what runs leave in a 
   :func:`load_model_strictly` (whole models, from a safely read file);
 * :mod:`.faults`: the runner that names a bad sample, the hook that names a NaN loss, the
   checkpoint an elastic restart resumes from;
-* :mod:`.results`: :func:`read_metrics` from a work dir, :class:`DumpSegResults`.
+* :mod:`.results`: :func:`read_metrics` from a work dir.
 """
 from .checkpoints import (AtomicCheckpointHook, find_resumable_checkpoint, load_model_strictly,
                           use_atomic_checkpoints)
 from .config import PLUGINS, DatasetNotFoundError, check_dataset_paths, load_config
 from .distributed import setup_distributed, teardown_distributed
-from .results import DumpSegResults, load_records, newest_training_log, read_metrics
+from .results import load_records, newest_training_log, read_metrics
 
 __all__ = [
     'PLUGINS', 'DatasetNotFoundError', 'load_config', 'check_dataset_paths', 'setup_distributed',
     'teardown_distributed',
     'AtomicCheckpointHook', 'use_atomic_checkpoints', 'find_resumable_checkpoint',
     'load_model_strictly',
-    'DumpSegResults', 'load_records', 'newest_training_log', 'read_metrics'
+    'load_records', 'newest_training_log', 'read_metrics'
 ]

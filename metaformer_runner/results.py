@@ -1,4 +1,4 @@
-"""What runs leave behind: the metrics in a work dir, and prediction dumps of ``tools/test.py``.
+"""What runs leave behind: the metrics in a work dir.
 
 mmengine's Runner writes, under ``<work_dir>/<timestamp>/``, ``vis_data/scalars.json`` (one JSON
 object per logged training step or validation) and, for ``tools/test.py``, ``<timestamp>.json``
@@ -11,12 +11,10 @@ import datetime
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Dict, List, Tuple, Union
+from typing import Dict, List, Tuple, Union
 
-import numpy as np
-from mmengine.evaluator import DumpResults
 
-__all__ = ['DumpSegResults', 'load_records', 'newest_training_log', 'read_metrics']
+__all__ = ['load_records', 'newest_training_log', 'read_metrics']
 
 PathLike = Union[str, Path]
 
@@ -78,21 +76,3 @@ def read_metrics(work_dir: PathLike, keys: Sequence[str]) -> Tuple[Dict[str, flo
                 when = datetime.datetime.fromtimestamp(path.stat().st_mtime)
                 return found, f'{path} ({when:%Y-%m-%d %H:%M})'
     return {}, ''
-
-
-class DumpSegResults(DumpResults):
-    """Pickle each image's predicted label map for offline evaluation (``tools/test.py --out``).
-
-    Stores per image a dict with ``img_path``, ``seg_map_path`` (ground truth, if any) and
-    ``pred_sem_seg``: an ``(H, W)`` uint8 array (int16 beyond 256 classes) at the original image
-    size. Logits and ground-truth maps are dropped to keep the file small.
-    """
-
-    def process(self, data_batch: Any, predictions: Sequence[dict]) -> None:
-        num_classes = len((self.dataset_meta or {}).get('classes', ())) or 256
-        dtype = np.uint8 if num_classes <= 256 else np.int16
-        for sample in predictions:
-            labels = sample['pred_sem_seg']['data'].squeeze(0).cpu().numpy()
-            self.results.append(dict(
-                img_path=sample.get('img_path'), seg_map_path=sample.get('seg_map_path'),
-                pred_sem_seg=labels.astype(dtype)))

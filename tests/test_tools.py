@@ -14,12 +14,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from mmengine.config import Config
 
 from conftest import CPU_ENV as ENV
-from conftest import DET_CFG, REPO
+from conftest import DET_CFG, REPO, load_script
 from conftest import run_script as run
 from metaformer_dense import allow_runner_checkpoints
 from metaformer_runner import (DatasetNotFoundError, check_dataset_paths,
@@ -122,9 +123,11 @@ def test_resume_after_sigkill_continues_iteration_and_lr_schedule(resumed_run):
 
 def test_test_tool_dumps_and_draws_detections(resumed_run, tmp_path):
     out, show = tmp_path / 'results.pkl', tmp_path / 'vis'
+    # --show on a headless machine: matplotlib's Agg canvas waits --wait-time, then goes on
     run('tools/test.py', DET_CFG, resumed_run['work'] / 'iter_6.pth', '--work-dir', tmp_path,
-        '--out', out, '--show-dir', show,
-        '--cfg-options', 'model.test_cfg.score_thr=0.0')  # an untrained model scores low
+        '--out', out, '--show-dir', show, '--show', '--wait-time', '0.01',
+        '--cfg-options', 'model.test_cfg.score_thr=0.0',  # an untrained model scores low
+        env=dict(ENV, MPLBACKEND='Agg'))
     with open(out, 'rb') as f:
         results = pickle.load(f)
     assert len(results) == 2
@@ -176,20 +179,46 @@ def test_segmentation_train_then_test_with_slurm_launcher(tmp_path):
 
     slurm_env = dict(ENV, SLURM_PROCID='0', SLURM_NTASKS='1', SLURM_LOCALID='0',
                      MASTER_ADDR='127.0.0.1', MASTER_PORT=str(free_port()))
-    out, show = tmp_path / 'seg.pkl', tmp_path / 'vis'
+    out, show = tmp_path / 'preds', tmp_path / 'vis'
     proc = run('tools/test.py', SEG_CFG, checkpoint, '--work-dir', tmp_path / 'test',
                '--out', out, '--show-dir', show, '--launcher', 'slurm', env=slurm_env)
     assert 'Distributed launcher: slurm' in proc.stdout + proc.stderr
-    assert 'mIoU' in proc.stdout + proc.stderr
-    with open(out, 'rb') as f:
-        results = pickle.load(f)
-    assert len(results) == 2
+    assert 'mIoU' in proc.stdout + proc.stderr  # --out keeps the metrics
+    # --out is mmseg's folder of label maps: one PNG per image, named after it, at the image's
+    # size, in the annotations' encoding (reduce_zero_label's shift undone: 0 stays unused)
+    cfg = Config.fromfile(str(SEG_CFG), import_custom_modules=False)
+    images = sorted((REPO / cfg.test_dataloader.dataset.data_root
+                     / cfg.test_dataloader.dataset.data_prefix.img_path).iterdir())[:2]
+    assert sorted(p.name for p in out.iterdir()) == [p.stem + '.png' for p in images]
     from PIL import Image
-    for result in results:
-        width, height = Image.open(REPO / result['img_path']).size
-        assert result['pred_sem_seg'].shape == (height, width)  # original image size
-        assert result['pred_sem_seg'].dtype.name == 'uint8'
+    for image in images:
+        labels = np.array(Image.open(out / f'{image.stem}.png'))
+        assert labels.shape == np.array(Image.open(image)).shape[:2]
+        assert labels.min() >= 1 and labels.max() <= 150
     assert len(list(show.rglob('*.png'))) == 2
+
+
+def _apply(config, *argv):
+    """tools/test.py's command line folded into ``config`` in-process (or its ValueError)."""
+    tool = load_script('tools/test')
+    cfg = Config.fromfile(str(config), import_custom_modules=False)
+    tool.apply_args(cfg, tool.parse_args([str(config), str(config), *map(str, argv)]))
+    return cfg
+
+
+def test_test_flags_follow_mmdet_and_mmseg(tmp_path):
+    hook = _apply(DET_CFG, '--show', '--wait-time', 0.5).default_hooks.visualization
+    assert (hook.draw, hook.show, hook.wait_time) == (True, True, 0.5)
+    assert 'test_out_dir' not in hook  # --show alone saves nothing
+    seg = _apply(SEG_CFG, '--out', tmp_path / 'preds')
+    assert seg.test_evaluator.output_dir == str(tmp_path / 'preds')
+    assert seg.test_evaluator.keep_results  # the metrics too, as mmseg's test.py
+    for config, argv, message in [
+            (DET_CFG, ('--out', tmp_path / 'preds'), 'must name a .pkl'),
+            (SEG_CFG, ('--out', tmp_path / 'preds.pkl'), 'names a folder for segmentation'),
+            (SEG_CFG, ('--show', '--show-dir', tmp_path), 'run once with each')]:
+        with pytest.raises(ValueError, match=message):
+            _apply(config, *argv)
 
 
 def test_missing_dataset_names_path_and_fix(tmp_path):
