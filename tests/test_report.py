@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from benchmarks import report
+from benchmarks.report import cli as report_cli
 from benchmarks.report import measure
+from benchmarks.report.merge import merge_reports
 from benchmarks.published import POOLFORMER_ADE20K
 from metaformer_runner import read_metrics
 from conftest import REPO
@@ -106,3 +108,90 @@ def test_attention_multiply_adds_are_counted():
     counted = FlopAnalyzer(Attention(), (q, k, v)).set_op_handle(
         'aten::scaled_dot_product_attention', measure._sdpa_macs)
     assert counted.total() == 2 * 4 * 10 * 6 * (8 + 5)
+
+
+# ---------------------------------------------------------------------------------------------
+# --update: new rows into an existing report, the others kept
+# ---------------------------------------------------------------------------------------------
+OLD_REPORT = """# Benchmark report
+
+Generated 2026-01-01 by `python -m benchmarks.report` on CPU. `make report` regenerates this.
+
+Paper numbers: ...
+
+## Detection (COCO)
+
+| config | params (M) |
+|---|---|
+| a_old | 1.00 |
+| c_old | 3.00 |
+
+## Segmentation (ADE20K)
+
+| config | params (M) |
+|---|---|
+| s_old | 5.00 |
+
+## Notes
+
+- a note
+
+Result files read:
+
+- a_old: `work_dirs/a_old/x.json`
+"""
+
+NEW_ROWS = """# Benchmark report
+
+Generated 2026-02-02 by `python -m benchmarks.report --update b c_old u` on CPU. ...
+
+## Detection (COCO)
+
+| config | params (M) |
+|---|---|
+| b_new | 2.00 |
+| c_old | 3.50 |
+
+## UperNet (ADE20K)
+
+| config | params (M) |
+|---|---|
+| u_new | 9.00 |
+
+## Notes
+
+- a note
+
+Result files read:
+
+- b_new: `work_dirs/b_new/y.json`
+"""
+
+
+def test_rows_are_replaced_or_inserted_sorted_and_the_rest_kept():
+    md = merge_reports(OLD_REPORT, NEW_ROWS,
+                       'Rows of b_new, c_old, u_new measured 2026-02-02 by `x`.')
+    lines = md.splitlines()
+    det = lines[lines.index('## Detection (COCO)'):lines.index('## Segmentation (ADE20K)')]
+    assert [ln for ln in det if ln.startswith('| ') and 'config' not in ln] == [
+        '| a_old | 1.00 |', '| b_new | 2.00 |', '| c_old | 3.50 |']
+    assert '| s_old | 5.00 |' in lines  # a table the update did not touch
+    # a section the old report lacked goes before the notes
+    assert lines.index('## Segmentation (ADE20K)') < lines.index('## UperNet (ADE20K)') \
+        < lines.index('## Notes')
+    assert '| u_new | 9.00 |' in lines
+    assert md.count('Generated 2026-01-01') == 1 and 'Generated 2026-02-02' not in md
+    assert lines[lines.index('Rows of b_new, c_old, u_new measured 2026-02-02 by `x`.') - 1] == ''
+    assert lines[-2:] == ['- a_old: `work_dirs/a_old/x.json`', '- b_new: `work_dirs/b_new/y.json`']
+    # a second update adds its note after the first
+    again = merge_reports(md, NEW_ROWS, 'Rows of b_new measured later.').splitlines()
+    assert again.index('Rows of b_new measured later.') == \
+        again.index('Rows of b_new, c_old, u_new measured 2026-02-02 by `x`.') + 2
+
+
+def test_update_needs_configs_and_an_existing_report(tmp_path):
+    with pytest.raises(SystemExit, match='--update puts the rows'):
+        report_cli.main(['--update', '--out', str(tmp_path / 'none.md')])
+    with pytest.raises(SystemExit, match='make sure --out'):
+        report_cli.main(['--update', 'configs/retinanet_poolformer_s12.py',
+                         '--out', str(tmp_path / 'none.md')])

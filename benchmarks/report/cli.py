@@ -13,6 +13,7 @@ Usage (from the repository root)::
     .venv/bin/python -m benchmarks.report              # all configs -> benchmarks/results/report.*
     .venv/bin/python -m benchmarks.report configs/retinanet_poolformer_s12.py \\
         --out /tmp/report.md --plot /tmp/report.png
+    .venv/bin/python -m benchmarks.report --update configs/retinanet_new.py  # new rows only
     make report
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from ..environment import describe, machine_info, versions
+from .merge import merge_reports
 from .render import plot, to_markdown
 from .rows import analyse
 
@@ -47,6 +49,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     p.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto',
                    help='cuda measures latency and training memory (default: cuda if present)')
     p.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    p.add_argument('--update', action='store_true',
+                   help='measure only the configs given and put their rows into the existing '
+                   '--out report (other rows stay as they are; the plot is not redrawn: a full '
+                   'run redraws it)')
     return p.parse_args(argv)
 
 
@@ -62,6 +68,9 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
         device = 'cuda' if torch.cuda.is_available() else 'cpu'
     elif device == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda, but torch sees no GPU: drop --device or use cpu')
+    if args.update and not (args.configs and Path(args.out).is_file()):
+        raise SystemExit('--update puts the rows of the configs given into an existing report: '
+                         f'name the configs, and make sure --out {args.out} exists')
     configs = args.configs or sorted(glob.glob(str(ROOT / 'configs' / '*.py')))
     missing = [c for c in configs if not Path(c).is_file()]
     if missing:
@@ -83,11 +92,16 @@ def main(argv: Optional[Sequence[str]] = None) -> str:
                 elapsed_s=time.time() - t0)
     md = to_markdown(rows, meta)
     out = Path(args.out)
+    if args.update:
+        names = ', '.join(Path(c).stem for c in configs)
+        md = merge_reports(out.read_text(), md, (
+            f'Rows of {names} measured {meta["date"]} by `{meta["command"]}` on '
+            f'{meta["machine"]} ({meta["elapsed_s"]:.0f} s).'))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(md)
-    if args.plot:
+    if args.plot and not args.update:
         plot(rows, Path(args.plot))
     print(md)
-    print(f'wrote {out}' + (f' and {args.plot}' if args.plot else ''))
+    print(f'wrote {out}' + (f' and {args.plot}' if args.plot and not args.update else ''))
     return md
 
