@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from . import fast_path, lean_training, mixers, weights_fit
+from . import cuda_path, fast_path, lean_training, mixers, weights_fit
 from .baselines import BASELINE_ARCHS, build_baseline, is_baseline
 from .checkpoint import convert_state_dict, extract_state_dict, read_checkpoint, split_backbone
 from .compile_guard import CheckedCompile
@@ -212,6 +212,7 @@ class MetaFormerBackbone(BaseModule):
         for stage in self.stages:
             stage.set_grad_checkpointing(with_cp)
         self._fast_stages = tuple(fast_path.stage_supported(s) for s in self.stages)
+        self._spread_stages = tuple(cuda_path.stage_supported(s) for s in self.stages)
         # Recomputing a pooling mixer in backward is cheap; a convolution mixer is not.
         self._pooling_mixers = all(type(b.token_mixer).__name__ == 'Pooling'
                                    for s in self.stages for b in s.blocks)
@@ -286,9 +287,12 @@ class MetaFormerBackbone(BaseModule):
         # output that stage 0 does not overwrite.
         # The weights' device, not x's: under torch.fx, x (and a parameter reached as an
         # attribute) is a proxy that cannot be branched on.
-        nhwc = self._nhwc(next(self.parameters()).device.type)
-        unobserved = (nhwc and not (self.with_cp and torch.is_grad_enabled())
-                      and not fast_path.observed(self))
+        device_type = next(self.parameters()).device.type
+        nhwc = self._nhwc(device_type)
+        watched = fast_path.observed(self)
+        unobserved = nhwc and not (self.with_cp and torch.is_grad_enabled()) and not watched
+        # CUDA: timm's modules with GroupNorm(1, C) from multi-block reductions (cuda_path).
+        spread = not watched and cuda_path.wanted(device_type)
         if nhwc:
             x = x.contiguous(memory_format=torch.channels_last)
         x = self.stem(x)
@@ -304,11 +308,14 @@ class MetaFormerBackbone(BaseModule):
                 x = self._run_stage(i, lean_training.stage_forward_lean, x, stage)
             elif fast and self._fast_stages[i]:
                 x = self._run_stage(i, fast_path.stage_forward, x, stage)
+            elif spread and self._spread_stages[i]:
+                x = self._run_stage(i, cuda_path.stage_forward, x, stage)
             else:
                 x = self._run_stage(i, stage, x)
             if i in self.out_indices:
+                norm = self.out_norms[str(i)]
                 # Consumers (FPN, mmcv's CPU RoIAlign, ...) get plain NCHW tensors.
-                outs.append(self.out_norms[str(i)](x).contiguous())
+                outs.append((cuda_path.norm_forward(norm, x) if spread else norm(x)).contiguous())
         return tuple(outs)
 
     @staticmethod

@@ -140,8 +140,10 @@ def group_norm1(x: torch.Tensor, weight: Optional[torch.Tensor] = None,
 
 def is_group_norm1(module: nn.Module) -> bool:
     """Whether ``module`` is a ``GroupNorm`` with one group (timm's ``GroupNorm1`` and
-    ``GroupNorm1NoBias`` included) that :func:`norm_forward` computes by :func:`group_norm1`."""
-    return isinstance(module, nn.GroupNorm) and module.num_groups == 1
+    ``GroupNorm1NoBias`` included) that :func:`norm_forward` computes by :func:`group_norm1`
+    (not timm's ``fast_norm`` variant, which computes in the autocast dtype on purpose)."""
+    return (isinstance(module, nn.GroupNorm) and module.num_groups == 1
+            and not getattr(module, '_fast_norm', False))
 
 
 def norm_forward(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
