@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export VENV
 
-.PHONY: setup demo test demo-seg report lock gpu-check
+.PHONY: setup demo test demo-seg report lock gpu-check gpu-quick
 setup:
 	@bash tools/setup_env.sh
 
@@ -35,3 +35,8 @@ lock:
 ## (WHEELHOUSE=folder made by tools/gpu_wheelhouse.sh; works offline)
 gpu-check:
 	bash tools/gpu_check.sh
+
+## gpu-quick: on a CUDA machine, no mmcv build: the CUDA path's tests, the kernel-table profile and
+## the backbone speed comparison (WHEELHOUSE as for gpu-check)
+gpu-quick:
+	STEPS="norm-tests profile backbone-speed" bash tools/gpu_check.sh

@@ -8,12 +8,19 @@ all of them alike) and rotating their order from repeat to repeat:
   - ``toolkit``: :class:`metaformer_dense.MetaFormerBackbone` as the configs build it (its
     defaults: channels-last), in eval mode for the forward;
   - ``toolkit-nchw``: the same with ``channels_last=False`` (what the layout alone buys);
+  - ``toolkit-torch-norms`` (CUDA): the same with torch's own ``group_norm`` instead of the
+    CUDA path's (:mod:`metaformer_dense.cuda_path`: what the spread statistics buy);
   - ``timm``: ``timm.create_model(arch, features_only=True)``, eager;
   - ``mmpretrain``: ``mmpretrain.models.PoolFormer(arch=..., out_indices=(0, 2, 4, 6))``;
 * one RetinaNet-S12 training step (``configs/retinanet_poolformer_s12.py``: data preprocessing,
   forward, losses, backward, AdamW step) with each of these backbones;
 * scaling of latency and memory with the input's short side (512, 800, 1024, 1333);
-* the speed switches of the toolkit backbone: ``compile=True`` and bf16 autocast.
+* the speed switches of the toolkit backbone: ``compile=True`` and bf16 autocast; on CUDA
+  torch's norms and each block rewrite of ``cuda_path.block_options``.
+
+``--batch-backward 2`` times forward + backward at batch 2 (what detection trains with);
+``--impls`` left out drops mmpretrain with a note when it does not import (a GPU machine without
+mmcv), so ``--skip retinanet scaling`` needs only torch, timm and mmengine.
 
 All implementations receive identical weights (random, with layer scales large enough that every
 block matters). Before timing, their outputs are compared in fp32 with ``atol=1e-4``: the toolkit's
@@ -39,6 +46,7 @@ agreement checks), ``speed_timing`` (interleaved timing; backbones, RetinaNet st
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -51,8 +59,10 @@ from typing import Optional, Sequence
 
 import torch
 
+from metaformer_dense import cuda_path
+
 from .common import parse_size, write_record
-from .speed_models import ATOL, IMPLS
+from .speed_models import ATOL, CUDA_ONLY_IMPLS, IMPLS
 from .environment import machine_info, versions
 from .speed_record import to_markdown
 from .speed_scaling import SCALE_SHORT_SIDES, bench_scaling, scaling_worker
@@ -69,7 +79,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                    help='PoolFormer v1 archs (mmpretrain implements v1 only)')
     p.add_argument('--sizes', nargs='+', type=parse_size, default=[(800, 1216), (512, 512)],
                    help='HxW inputs (default: 800x1216 512x512)')
-    p.add_argument('--impls', nargs='+', default=list(IMPLS), choices=IMPLS)
+    p.add_argument('--impls', nargs='+', default=None, choices=IMPLS,
+                   help='default: all (toolkit-torch-norms on CUDA only; mmpretrain where it '
+                        'imports)')
+    p.add_argument('--batch-forward', type=int, default=1, help='batch of the forward rows')
+    p.add_argument('--batch-backward', type=int, default=1,
+                   help='batch of the forward+backward rows')
+    p.add_argument('--cuda-path', action='store_true',
+                   help="on CPU, run the toolkit's CUDA path (metaformer_dense.cuda_path) to "
+                        'exercise what a GPU run times; CPU times of it mean nothing for a GPU')
     p.add_argument('--repeats', type=int, default=5, help='timed repeats per cell')
     p.add_argument('--warmup', type=int, default=1, help='untimed repeats per cell')
     p.add_argument('--threads', type=int, default=2, help='torch threads on CPU')
@@ -106,14 +124,26 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise SystemExit('--device cuda, but torch sees no GPU; use --device cpu')
+    notes = []
+    explicit = args.impls is not None
+    if not explicit:
+        args.impls = [i for i in IMPLS if device.type == 'cuda' or args.cuda_path
+                      or i not in CUDA_ONLY_IMPLS]
     if 'mmpretrain' in args.impls or 'retinanet' not in args.skip:
         try:
             import mmpretrain.models  # noqa: F401
         except Exception as e:  # not installed, or one of its own imports breaks
-            raise SystemExit(f'mmpretrain is needed for the comparison, and importing it failed: '
-                             f'{type(e).__name__}: {e}. Install it (.venv/bin/pip install '
-                             'mmpretrain==1.2.0) or repair what it imports, or run with --impls '
-                             'without mmpretrain --skip retinanet') from None
+            if not explicit and 'retinanet' in args.skip:  # the default list: go on without it
+                args.impls.remove('mmpretrain')
+                notes.append(f'mmpretrain left out: importing it failed ({type(e).__name__}: '
+                             f'{e})')
+                print(f'note: {notes[-1]}', flush=True)
+            else:
+                raise SystemExit(
+                    f'mmpretrain is needed for the comparison, and importing it failed: '
+                    f'{type(e).__name__}: {e}. Install it (.venv/bin/pip install '
+                    'mmpretrain==1.2.0) or repair what it imports, or run with --impls '
+                    'without mmpretrain --skip retinanet') from None
     if 'toolkit' not in args.impls:
         args.impls = ['toolkit'] + args.impls
     sizes, retina_size = args.sizes, args.retinanet_input
@@ -144,15 +174,23 @@ def main(argv: Optional[Sequence[str]] = None) -> dict:
                machine=machine_info(device), versions=versions(),
                load_avg_before=[round(v, 2) for v in os.getloadavg()],
                repeats=args.repeats, warmup=args.warmup, impls=list(args.impls))
+    if args.cuda_path:
+        notes.append("the toolkit ran its CUDA path on CPU (--cuda-path): a check of the "
+                     "script, not a measurement of that path")
+    if notes:
+        rec['notes'] = notes
     t_start = time.time()
     out = args.out or (None if args.quick else f'benchmarks/results/speed_{device.type}')
     # A timeout's SIGTERM or a Ctrl-C keeps the sections already measured: they are written,
     # marked as an interrupted run, instead of being lost with the process.
     previous_sigterm = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
-        with tqdm(total=total, desc='speed', unit='run', dynamic_ncols=True) as bar:
+        with tqdm(total=total, desc='speed', unit='run', dynamic_ncols=True) as bar, \
+                (cuda_path.used_on(device.type, 'cuda') if args.cuda_path
+                 else contextlib.nullcontext()):
             rec['backbones'], rec['checks'] = bench_backbones(
-                archs, sizes, args.impls, args.repeats, args.warmup, device, amps, bar)
+                archs, sizes, args.impls, args.repeats, args.warmup, device, amps, bar,
+                (args.batch_forward, args.batch_backward))
             if do['retinanet']:
                 rec['retinanet'] = bench_retinanet(retina_config, args.impls,
                                                    args.retinanet_batch, retina_size,

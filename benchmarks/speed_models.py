@@ -2,7 +2,7 @@
 checks that they compute the same function.
 
 ``toolkit`` (:class:`metaformer_dense.MetaFormerBackbone`, channels-last), ``toolkit-nchw``,
-``timm`` (``features_only``) and ``mmpretrain`` (its PoolFormer) receive the same random weights,
+``toolkit-torch-norms`` (torch's ``group_norm`` instead of the CUDA path's), ``timm`` (``features_only``) and ``mmpretrain`` (its PoolFormer) receive the same random weights,
 with layer scales large enough that every block matters. Outputs are compared in fp32 with
 ``atol=1e-4``: the toolkit's and mmpretrain's normalised outputs directly; timm's
 ``features_only`` has no output norms, so its raw stage outputs are compared with the toolkit's
@@ -16,9 +16,11 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import nn
 
-from metaformer_dense import MetaFormerBackbone, convert_state_dict
+from metaformer_dense import MetaFormerBackbone, convert_state_dict, cuda_path
 
-IMPLS = ('toolkit', 'toolkit-nchw', 'timm', 'mmpretrain')
+IMPLS = ('toolkit', 'toolkit-nchw', 'toolkit-torch-norms', 'timm', 'mmpretrain')
+#: Implementations that differ from the toolkit only on CUDA (timed there only by default).
+CUDA_ONLY_IMPLS = ('toolkit-torch-norms',)
 ATOL = 1e-4
 
 
@@ -93,6 +95,10 @@ def build_backbones(arch: str, impls: Sequence[str], seed: int = 0) -> Dict[str,
             m = MetaFormerBackbone(arch, channels_last=False)
             m.load_state_dict(state)
             models[impl] = m
+        elif impl == 'toolkit-torch-norms':
+            m = MetaFormerBackbone(arch)
+            m.load_state_dict(state)
+            models[impl] = TorchNorms(m)
         elif impl == 'timm':
             models[impl] = timm_features(arch, state)
         elif impl == 'mmpretrain':
@@ -100,6 +106,19 @@ def build_backbones(arch: str, impls: Sequence[str], seed: int = 0) -> Dict[str,
         else:
             raise ValueError(f'unknown implementation {impl!r}; choose from {IMPLS}')
     return models
+
+
+class TorchNorms(nn.Module):
+    """A toolkit backbone run with torch's own ``group_norm`` on every device (its CUDA path,
+    :mod:`metaformer_dense.cuda_path`, off): what the spread norms buy, side by side."""
+
+    def __init__(self, backbone: MetaFormerBackbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+        with cuda_path.used_on():
+            return self.backbone(x)
 
 
 class TimmWithOutputNorms(nn.Module):

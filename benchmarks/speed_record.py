@@ -18,25 +18,28 @@ def to_markdown(rec: dict) -> str:
              + (f', GPU {rec["machine"].get("gpu")}' if gpu else '')
              + f'; load average before/after the run: {rec["load_avg_before"]} / '
              f'{rec["load_avg_after"]}.', '',
-             'Versions: ' + ', '.join(f'{k} {v}' for k, v in rec['versions'].items()) + '.', '',
-             f'Each cell is the median of {rec["repeats"]} timed repeats after {rec["warmup"]} '
-             'warm-up, the implementations interleaved within every repeat (order rotated). '
-             'Batch 1, same random weights in all implementations. '
-             + ('' if gpu else 'CPU timings of a shared machine: compare the ratios within this '
-                'run, not the absolute medians with other machines or runs.'), '',
-             'Ratio = implementation median / toolkit median (above 1: the toolkit is faster).', '']
+             'Versions: ' + ', '.join(f'{k} {v}' for k, v in rec['versions'].items()) + '.', '']
+    if rec.get('notes'):
+        lines += ['Notes: ' + '; '.join(rec['notes']) + '.', '']
+    lines += [
+              f'Each cell is the median of {rec["repeats"]} timed repeats after {rec["warmup"]} '
+              'warm-up, the implementations interleaved within every repeat (order rotated). '
+              'Same random weights in all implementations. '
+              + ('' if gpu else 'CPU timings of a shared machine: compare the ratios within this '
+                 'run, not the absolute medians with other machines or runs.'), '',
+              'Ratio = implementation median / toolkit median (above 1: the toolkit is faster).', '']
     if rec.get('interrupted'):
         lines += ['**Interrupted run** (timeout or Ctrl-C): the sections below are the ones it '
                   'finished; the others are missing.', '']
     lines += ['## Backbones', '',
-              f'| arch | input | mode | precision | ' + ' | '.join(
+              f'| arch | input | mode | batch | precision | ' + ' | '.join(
                   f'{i} median{lab}' for i in rec['impls']) + ' | ' + ' | '.join(
                   f'{i} / toolkit' for i in rec['impls'] if i != 'toolkit') + ' |',
-              '|' + '---|' * (4 + 2 * len(rec['impls']) - 1)]
+              '|' + '---|' * (5 + 2 * len(rec['impls']) - 1)]
     for r in rec['backbones']:
         im = r['impls']
         lines.append(f'| {r["arch"]} | {r["input"][0]}x{r["input"][1]} | {r["mode"]} | '
-                     f'{r["precision"]} | ' + ' | '.join(_ms(im[i]['median_s']) for i in im)
+                     f'{r.get("batch", 1)} | {r["precision"]} | ' + ' | '.join(_ms(im[i]['median_s']) for i in im)
                      + ' | ' + ' | '.join(f'{im[i]["vs_toolkit"]:.2f}x' for i in im
                                           if i != 'toolkit') + ' |')
     lines += ['', '## Output agreement (fp32)', '',

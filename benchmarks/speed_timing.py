@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from metaformer_dense import MetaFormerBackbone
-from metaformer_dense import fast_path
+from metaformer_dense import cuda_path, fast_path
 
 from .speed_models import (build_backbones, build_retinanets, check_agreement, check_gradients,
                            max_diff)
@@ -89,20 +89,24 @@ def summarise(times: Dict[str, List[float]], ref: str = 'toolkit') -> Dict[str, 
 
 def bench_backbones(archs: Sequence[str], sizes: Sequence[Tuple[int, int]], impls: Sequence[str],
                     repeats: int, warmup: int, device: torch.device,
-                    amps: Sequence[Optional[torch.dtype]], progress) -> Tuple[list, list]:
-    """Backbone forward / forward+backward timings and agreement checks."""
+                    amps: Sequence[Optional[torch.dtype]], progress,
+                    batches: Tuple[int, int] = (1, 1)) -> Tuple[list, list]:
+    """Backbone forward / forward+backward timings (batch ``batches[0]`` / ``batches[1]``)
+    and agreement checks."""
     rows, checks = [], []
     for arch in archs:
         models = build_backbones(arch, impls)
         for m in models.values():
             m.to(device)
         for h, w in sizes:
-            x = torch.randn(1, 3, h, w, generator=torch.Generator().manual_seed(1)).to(device)
+            inputs = {b: torch.randn(b, 3, h, w, generator=torch.Generator().manual_seed(1)
+                                     ).to(device) for b in set(batches)}
             progress.set_postfix_str(f'{arch} {h}x{w}: checking outputs')
             checks.append(dict(arch=arch, input=[h, w], device=device.type,
-                               outputs=check_agreement(models, x)))
+                               outputs=check_agreement(models, inputs[batches[0]])))
             for amp in amps:
-                for mode in ('forward', 'forward+backward'):
+                for mode, batch in zip(('forward', 'forward+backward'), batches):
+                    x = inputs[batch]
                     progress.set_postfix_str(f'{arch} {h}x{w} {mode} {amp_name(amp)}')
                     for m in models.values():
                         m.train(mode != 'forward')
@@ -111,7 +115,7 @@ def bench_backbones(archs: Sequence[str], sizes: Sequence[Tuple[int, int]], impl
                     times = interleaved(
                         fns, repeats, warmup, device, progress,
                         after=lambda k: models[k].zero_grad(set_to_none=True))
-                    rows.append(dict(arch=arch, input=[h, w], mode=mode, batch=1,
+                    rows.append(dict(arch=arch, input=[h, w], mode=mode, batch=batch,
                                      precision=amp_name(amp), device=device.type,
                                      impls=summarise(times)))
         if 'mmpretrain' in models:
@@ -170,7 +174,9 @@ def bench_retinanet(config: Path, impls: Sequence[str], batch: int, size: Tuple[
 
 def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
                    device: torch.device, progress) -> dict:
-    """Default vs ``compile=True`` vs bf16 autocast (vs the unfused MLP on CPU), forward."""
+    """Default vs ``compile=True`` vs bf16 autocast, forward; on CPU vs the unfused MLP, where the
+    CUDA path runs (:func:`metaformer_dense.cuda_path.wanted`) vs torch's norms and each block
+    rewrite."""
     base = build_backbones(arch, ['toolkit'])['toolkit'].to(device).eval()
     state = base.state_dict()
     compiled = MetaFormerBackbone(arch, compile=True).to(device).eval()
@@ -196,6 +202,17 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
     fns = {'toolkit': lambda: run_forward(base, x, None),
            'compile': lambda: run_forward(compiled, x, None),
            'bf16 autocast': lambda: run_forward(base, x, torch.bfloat16)}
+    if cuda_path.wanted(device.type):  # the CUDA path off, and its block rewrites on
+        variants = {'torch norms': ((), {})} | {
+            f'rewrite: {k}': ((device.type,), {k: True}) for k in cuda_path.OPTIONS}
+        for name, (devices, options) in variants.items():
+            def run_variant(devices=devices, options=options):
+                with cuda_path.used_on(*devices), cuda_path.block_options(**options):
+                    run_forward(base, x, None)
+            with torch.no_grad(), cuda_path.used_on(*devices), \
+                    cuda_path.block_options(**options):
+                diffs[name] = max_diff(base(x), ref)[0]
+            fns[name] = run_variant
     if device.type == 'cpu':  # what the CPU path's oneDNN-fused fc1 + GELU buys (fast_path)
         def run_unfused():
             with unfused_mlp():

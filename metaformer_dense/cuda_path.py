@@ -59,9 +59,11 @@ def wanted(device_type: str) -> bool:
 
 @contextlib.contextmanager
 def used_on(*device_types: str) -> Iterator[None]:
-    """Within it, backbones also take this path on ``device_types`` (e.g. ``'cpu'``, to test it
-    where there is no GPU); the previous set is restored on exit."""
+    """Within it, backbones take this path on exactly ``device_types``: ``used_on('cpu')`` tests
+    it where there is no GPU, ``used_on()`` runs torch's own norms everywhere (what a benchmark
+    compares against). The previous set is restored on exit."""
     saved = set(DEVICE_TYPES)
+    DEVICE_TYPES.clear()
     DEVICE_TYPES.update(device_types)
     try:
         yield

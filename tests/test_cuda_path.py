@@ -166,7 +166,10 @@ def test_state_dict_and_module_tree_unchanged(on_cpu):
     plain = MetaFormerBackbone('poolformerv2_s12')
     assert list(model.state_dict()) == list(plain.state_dict())
     assert [type(m) for m in model.modules()] == [type(m) for m in plain.modules()]
-    assert cuda_path.wanted('cpu') and not cuda_path.wanted('mps')
+    assert cuda_path.wanted('cpu') and not cuda_path.wanted('cuda')
+    with cuda_path.used_on():
+        assert not cuda_path.wanted('cpu')
+    assert cuda_path.wanted('cpu')
     # The norms really are GroupNorm(1, C) modules read in place.
     norm = model.stages[0].blocks[0].norm1
     assert group_norm.is_group_norm1(norm) and norm.bias is None

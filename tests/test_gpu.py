@@ -138,3 +138,93 @@ def test_mixed_precision_training_stays_finite(tmp_path, dtype):
     assert len(records) == n
     bad = [r['iter'] for r in records if not math.isfinite(r['loss'])]
     assert not bad, f'{dtype}: non-finite loss at iterations {bad}'
+
+
+# ----------------------------------------------------------------------------------------------
+# The CUDA path (metaformer_dense.cuda_path, group_norm1) on a real GPU: `make gpu-quick`
+# ----------------------------------------------------------------------------------------------
+def _no_tf32():
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    return saved
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('layout', ['contiguous', 'channels_last'])
+@pytest.mark.parametrize('shape', [(1, 64, 200, 304), (2, 320, 25, 38), (4, 37, 13, 11)])
+def test_group_norm1_on_cuda_equals_torchs(shape, layout, dtype):
+    from metaformer_dense.group_norm import group_norm1
+    import torch.nn.functional as F
+    g = torch.Generator(device='cuda').manual_seed(0)
+    x0 = (torch.randn(shape, device='cuda', generator=g) * 2 + 0.5).to(dtype)
+    if layout == 'channels_last':
+        x0 = x0.contiguous(memory_format=torch.channels_last)
+    w0 = torch.randn(shape[1], device='cuda', generator=g)
+    b0 = torch.randn(shape[1], device='cuda', generator=g)
+    dy = torch.randn(shape, device='cuda', generator=g).to(dtype)
+    results = []
+    for fn in (group_norm1, lambda x, w, b: F.group_norm(x, 1, w, b)):
+        x, w, b = (t.detach().clone().requires_grad_() for t in (x0, w0, b0))
+        out = fn(x, w, b)
+        out.backward(dy)
+        results.append([out.detach().float(), x.grad.float(), w.grad, b.grad])
+    # fp32: reductions in another order (1e-4 relative); half types: a few ulps of the output
+    rtol = 1e-4 if dtype == torch.float32 else 4 * torch.finfo(dtype).eps
+    for got, ref in zip(*results):
+        torch.testing.assert_close(got, ref, rtol=rtol, atol=rtol * ref.abs().max().item())
+
+
+@pytest.mark.parametrize('arch', ['poolformer_s12', 'poolformerv2_s12', 'convformer_s18',
+                                  'caformer_s18'])
+def test_cuda_path_equals_timms_modules_on_cuda(arch):
+    """The backbone's CUDA default vs the same weights through timm's modules and torch's
+    group_norm, TF32 off: outputs within 1e-4 relative; gradients, whose fp32 rounding a deep
+    network amplifies to ~1e-4 of their largest value for either path (more for scalars), no
+    further from the float64 result than torch's own: all together within 2x its relative
+    error, each tensor but the scalars within 5x (or 1e-4 of its largest value)."""
+    import copy
+    from metaformer_dense import cuda_path
+    saved = _no_tf32()
+    try:
+        model = _randomised(arch).cuda().train()
+        x = torch.randn(2, 3, 320, 448, device='cuda')
+        runs = {}
+        for name, m, devices in (('spread', model, ('cuda',)), ('torch', model, ()),
+                                 ('float64', copy.deepcopy(model).double(), ())):
+            m.zero_grad(set_to_none=True)
+            with cuda_path.used_on(*devices):
+                outs = m(x.to(next(m.parameters()).dtype))
+            sum(o.square().mean() for o in outs).backward()
+            runs[name] = ([o.detach().double() for o in outs],
+                          {n: p.grad.double() for n, p in m.named_parameters()
+                           if p.grad is not None})
+        for o, r in zip(runs['spread'][0], runs['torch'][0]):
+            torch.testing.assert_close(o, r, rtol=1e-4, atol=1e-4 * r.abs().max().item())
+        exact = runs['float64'][1]
+        assert runs['spread'][1].keys() == exact.keys()
+        flat = {k: torch.cat([runs[k][1][n].flatten() for n in exact]) for k in runs}
+        norm = {k: ((flat[k] - flat['float64']).norm() / flat['float64'].norm()).item()
+                for k in ('spread', 'torch')}
+        assert norm['spread'] <= max(2 * norm['torch'], 1e-6), norm  # all gradients together
+        for name, e in exact.items():
+            if e.numel() == 1:  # StarReLU's scale / bias: one sum over everything, noisier
+                continue
+            scale = e.abs().max().item() + 1e-30
+            err = {k: (runs[k][1][name] - e).abs().max().item() / scale
+                   for k in ('spread', 'torch')}
+            assert err['spread'] <= max(5 * err['torch'], 1e-4), (name, err)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def test_cuda_path_under_bf16_autocast_keeps_torchs_dtypes():
+    from metaformer_dense import cuda_path
+    model = _randomised('poolformer_s12').cuda()
+    x = torch.randn(1, 3, 256, 320, device='cuda')
+    with torch.no_grad(), torch.autocast('cuda', dtype=torch.bfloat16):
+        got = model(x)
+        with cuda_path.used_on():
+            ref = model(x)
+    for g, r in zip(got, ref):
+        assert g.dtype == r.dtype
+        torch.testing.assert_close(g.float(), r.float(), rtol=5e-2, atol=5e-2)

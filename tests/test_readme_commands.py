@@ -24,7 +24,9 @@ SHELL_BLOCK = re.compile(r'```(?:bash|sh|shell|console)\n(.*?)```', re.S)
 SCRIPT = re.compile(r'(?<![\w/.])((?:tools|demo)/[\w-]+\.(?:py|sh))\b')
 MAKE = re.compile(r'^\s*make\s+([\w-]+)')
 #: Targets no CPU-only CI machine can run, and what runs them instead.
-NOT_ON_CPU = {'gpu-check': 'needs a CUDA machine: it runs tests/test_gpu.py there'}
+NOT_ON_CPU = {'gpu-check': 'needs a CUDA machine: it runs tests/test_gpu.py there',
+              'gpu-quick': 'needs a CUDA machine: its steps run tests/test_gpu.py and the CUDA '
+                           'benchmarks there'}
 
 
 def readme_commands() -> list:

@@ -48,3 +48,29 @@ def test_speed_benchmark_names_why_mmpretrain_does_not_import(monkeypatch):
     with pytest.raises(SystemExit, match=r'importing it failed: ModuleNotFoundError: .*'
                                          r'mmpretrain\.models'):
         speed.main(['--quick', '--device', 'cpu', '--impls', 'toolkit', 'mmpretrain'])
+
+
+def test_speed_switches_time_the_cuda_path_variants_where_it_runs(monkeypatch):
+    from metaformer_dense import cuda_path
+    monkeypatch.setattr(speed_timing, 'MetaFormerBackbone', quick_compile_backbone)
+    with cuda_path.used_on('cpu'):
+        rec = speed_timing.bench_switches('poolformer_s12', (64, 96), 1, 0, torch.device('cpu'),
+                                          tqdm(disable=True))
+    rows = {'torch norms', 'rewrite: algebraic_mixer', 'rewrite: fold_norm2'}
+    assert rows <= set(rec['impls'])
+    assert all(rec['max_abs_diff_vs_fp32_eager'][r] < 1e-4 for r in rows)
+    assert not any(cuda_path.OPTIONS.values()) and not cuda_path.wanted('cpu')
+
+
+def test_speed_benchmark_without_mmcv_leaves_mmpretrain_out_with_a_note(tmp_path, monkeypatch):
+    """The GPU quick check (no mmcv, so no mmpretrain): the default implementations go on
+    without mmpretrain, say so in the record, and time forward+backward at batch 2."""
+    import sys
+    monkeypatch.setitem(sys.modules, 'mmpretrain.models', None)
+    rec = speed.main(['--quick', '--device', 'cpu', '--skip', 'retinanet', 'scaling',
+                      'switches', '--cuda-path', '--batch-backward', '2', '--out',
+                      str(tmp_path / 'speed')])
+    assert rec['impls'] == ['toolkit', 'toolkit-nchw', 'toolkit-torch-norms', 'timm']
+    assert any('mmpretrain left out' in n for n in rec['notes'])
+    assert [r['batch'] for r in rec['backbones']] == [1, 2]
+    assert 'Notes: ' in (tmp_path / 'speed.md').read_text()

@@ -3,7 +3,7 @@ record it promises, with the rows and checks its docs describe."""
 import pytest
 
 from backbone_helpers import quick_compile_backbone
-from benchmarks.studies import step_floor, train_step
+from benchmarks.studies import profile_norms, step_floor, train_step
 
 
 def test_train_step_benchmark_records_time_and_equal_gradients(tmp_path):
@@ -52,3 +52,23 @@ def test_step_floor_times_the_compiled_step_next_to_the_floor(tmp_path, monkeypa
     assert row['compile_rejected'] is None and row['compile_first_step_s'] > 0
     text = (tmp_path / 'floor.md').read_text()
     assert 'With `compile=True`' in text and '| agreed |' in text
+
+
+def test_profile_norms_tables_where_the_group_norm_time_goes(tmp_path):
+    """On CPU (operators, not kernels): torch's norms show as GroupNorm operators, the CUDA
+    path's as var_mean reductions and no GroupNorm operator at all."""
+    rec = profile_norms.main(['--device', 'cpu', '--archs', 'poolformer_s12', '--size', '64x96',
+                              '--repeats', '1', '--warmup', '0', '--rewrites',
+                              '--out', str(tmp_path / 'pn')])
+    profs = rec['profiles']['poolformer_s12']
+    assert [(p['mode'], p['batch']) for p in profs][::5] == [('forward', 1), ('training step', 2)]
+    by = {(p['mode'], p['variant']): p['categories'] for p in profs}
+    for mode in ('forward', 'training step'):
+        assert by[mode, 'torch norms'].get('torch GroupNorm', 0) > 0
+        assert by[mode, 'torch norms'].get('Welford reductions (var_mean)', 0) == 0
+        assert by[mode, 'spread norms'].get('torch GroupNorm', 0) == 0
+        assert by[mode, 'spread norms']['Welford reductions (var_mean)'] > 0
+    assert profile_norms.category('void at::native::RowwiseMomentsCUDAKernel<float>') == \
+        'torch GroupNorm'
+    md = (tmp_path / 'pn.md').read_text()
+    assert 'nothing here is a GPU number' in md and '| forward | 1 | 64x96 | spread norms |' in md

@@ -11,11 +11,21 @@
 #     memory, gradients) into benchmarks/studies/results/train_step_cuda.{md,json}.
 # The record of the run goes to benchmarks/results/gpu_check.md.
 #
+# `make gpu-quick` (STEPS="norm-tests profile backbone-speed") needs no mmcv, so no 4-6 minute
+# build: the CUDA path's tests (tests/test_gpu.py -k "group_norm1 or cuda_path", then
+# tests/test_group_norm.py and tests/test_cuda_path.py), the kernel-table profile
+# (benchmarks/studies/profile_norms.py -> benchmarks/studies/results/profile_norms_cuda.{md,json})
+# and the backbone speed comparison without the detector (benchmarks/speed.py: S12 and M48 at
+# 800x1216, batch 1 forward, batch 2 forward+backward, fp32 and bf16 autocast, mmpretrain where it
+# imports -> benchmarks/results/speed_cuda_backbone.{md,json}); its record is
+# benchmarks/results/gpu_quick.md.
+#
 # Environment:
 #   WHEELHOUSE    folder from tools/gpu_wheelhouse.sh (required); it holds the mmcv sdist too
 #   PYTHON        the interpreter whose torch sees the GPU (default: python3)
 #   VENV          where the venv goes (default: <repo>/.venv-gpu)
-#   STEPS         which of: build tests suite speed train-step (default: all five)
+#   STEPS         which of: build tests suite speed train-step (default: all five), and
+#                 norm-tests profile backbone-speed (the quick steps; none of them needs mmcv)
 #   SPEED_ARGS    extra arguments for benchmarks/speed.py
 set -euo pipefail
 log() { printf '[gpu-check] %s\n' "$*"; }
@@ -29,9 +39,11 @@ WHEELHOUSE="$(abspath "$WHEELHOUSE")"
 PYTHON="${PYTHON:-python3}"
 VENV="$(abspath "${VENV:-$ROOT/.venv-gpu}")"
 STEPS="${STEPS:-build tests suite speed train-step}"
-RECORD="$ROOT/benchmarks/results/gpu_check.md"
 PY="$VENV/bin/python"
 has_step() { [[ " $STEPS " == *" $1 "* ]]; }
+needs_mmcv() { has_step tests || has_step suite || has_step speed || has_step train-step; }
+RECORD="$ROOT/benchmarks/results/gpu_check.md"
+needs_mmcv || has_step build || RECORD="$ROOT/benchmarks/results/gpu_quick.md"
 
 "$PYTHON" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' \
   || die "$PYTHON's torch sees no CUDA GPU (nvidia-smi? a CUDA build of torch?)"
@@ -46,7 +58,7 @@ fi
 log "installing the wheels of $WHEELHOUSE (no network)"
 "$PY" -m pip install -q --disable-pip-version-check --no-index --no-deps "$WHEELHOUSE"/*.whl
 
-if has_step build || ! "$PY" -c "import mmcv.ops" 2>/dev/null; then  # nothing to test without it
+if has_step build || { needs_mmcv && ! "$PY" -c "import mmcv.ops" 2>/dev/null; }; then
   arch="$("$PY" -c 'import torch; print("%d.%d" % torch.cuda.get_device_capability())')"
   sdist="$(ls "$WHEELHOUSE"/mmcv-*.tar.gz | head -n1)"
   start=$SECONDS
@@ -79,6 +91,7 @@ fi
 export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 cd "$ROOT"
 mkdir -p "$ROOT/benchmarks/results"
+rm -f "$VENV"/{test_gpu,suite,speed,train_step,norm_tests,profile,backbone_speed}.log  # this run's only
 status=0
 if has_step tests; then
   log "tests/test_gpu.py on $("$PY" -c 'import torch; print(torch.cuda.get_device_name())')"
@@ -95,6 +108,26 @@ if has_step speed; then
   "$PY" -m benchmarks.speed --device cuda --out benchmarks/results/speed_cuda ${SPEED_ARGS:-} \
     2>&1 | tee "$VENV/speed.log" || status=1
 fi
+if has_step norm-tests; then
+  log "the CUDA path's tests: group_norm1 and the backbone on CUDA, then its CPU tests"
+  "$PY" -m pytest tests/test_gpu.py -k "group_norm1 or cuda_path" -q -ra -p no:cacheprovider \
+    2>&1 | tee "$VENV/norm_tests.log" || status=1
+  "$PY" -m pytest tests/test_group_norm.py tests/test_cuda_path.py -q -ra -p no:cacheprovider \
+    2>&1 | tee -a "$VENV/norm_tests.log" || status=1
+fi
+if has_step profile; then
+  log "benchmarks/studies/profile_norms.py on CUDA (kernel tables)"
+  "$PY" -m benchmarks.studies.profile_norms --device cuda --rewrites \
+    2>&1 | tee "$VENV/profile.log" || status=1
+fi
+if has_step backbone-speed; then
+  log "benchmarks/speed.py on CUDA, backbones only (no mmcv needed)"
+  # shellcheck disable=SC2086
+  "$PY" -m benchmarks.speed --device cuda --archs poolformer_s12 poolformer_m48 --sizes 800x1216 \
+    --batch-backward 2 --repeats 10 --warmup 3 --skip retinanet scaling \
+    --out benchmarks/results/speed_cuda_backbone ${SPEED_ARGS:-} \
+    2>&1 | tee "$VENV/backbone_speed.log" || status=1
+fi
 if has_step train-step; then
   log "benchmarks/studies/train_step.py on CUDA"
   "$PY" -m benchmarks.studies.train_step --device cuda 2>&1 | tee "$VENV/train_step.log" || status=1
@@ -108,15 +141,19 @@ fi
   echo '```'
   nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null || true
   "$PY" - <<'PY'
-import platform, sys, torch
-import mmcv, mmdet, mmengine, mmseg, timm
+import importlib.metadata as md, platform, torch
+found = []
+for dist in ('mmengine', 'mmcv', 'mmdet', 'mmsegmentation', 'timm', 'mmpretrain'):
+    try:
+        found.append(f'{dist} {md.version(dist)}')
+    except md.PackageNotFoundError:
+        found.append(f'{dist} (not installed)')
 print(f'python {platform.python_version()}  torch {torch.__version__} (CUDA {torch.version.cuda})  '
-      f'mmengine {mmengine.__version__}  mmcv {mmcv.__version__}  mmdet {mmdet.__version__}  '
-      f'mmseg {mmseg.__version__}  timm {timm.__version__}')
+      + '  '.join(found))
 PY
   [[ -f "$VENV/.mmcv-seconds" ]] && echo "mmcv $(cat "$VENV/.mmcv-seconds") s to build with CUDA kernels (0-5 s: cached)"
   echo '```'
-  for part in test_gpu suite speed train_step; do
+  for part in test_gpu suite speed train_step norm_tests profile backbone_speed; do
     [[ -f "$VENV/$part.log" ]] || continue
     echo
     echo "## $part (last lines)"

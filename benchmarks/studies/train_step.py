@@ -6,11 +6,13 @@ For each arch, on the same random weights and the same batch:
 
 * ``lean (NHWC)``: ``lean_training=True`` (it needs channels-last);
 * ``default``: the backbone as configs build it (on CPU: NHWC, with the lean blocks for pooling
-  archs; on CUDA: NCHW and timm's modules);
+  archs; on CUDA: NCHW, timm's blocks with the spread GroupNorm of ``cuda_path``);
 * ``not lean (NHWC)``: ``lean_training=False, channels_last=True`` (on CPU the fast path's chunked
-  MLP, :mod:`metaformer_dense.fast_path`; elsewhere timm's modules);
-* ``not lean (NCHW)``: ``lean_training=False, channels_last=False``: timm's modules on any device;
-* ``with_cp (NCHW)``: ``with_cp=True, channels_last=False`` (timm's checkpointing);
+  MLP, :mod:`metaformer_dense.fast_path`; elsewhere timm's modules, on CUDA with the spread
+  GroupNorm);
+* ``not lean (NCHW)``: ``lean_training=False, channels_last=False``: timm's modules (on CUDA
+  with the spread GroupNorm of ``cuda_path``);
+* ``with_cp (NCHW)``: ``with_cp=True, channels_last=False`` (checkpointing per block);
 * ``timm``: ``timm.create_model(arch, features_only=True)`` (no output norms).
 
 Times are medians of interleaved repeats (each repeat runs every implementation once, the order
