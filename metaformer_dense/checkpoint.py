@@ -34,7 +34,7 @@ Tensor = torch.Tensor
 
 __all__ = [
     'check_float_weights', 'ConversionResult', 'convert_state_dict', 'detect_format',
-    'read_checkpoint', 'extract_state_dict', 'split_backbone', 'strip_ddp_prefix',
+    'read_checkpoint', 'write_checkpoint', 'extract_state_dict', 'split_backbone', 'strip_ddp_prefix',
 ]
 
 
@@ -266,8 +266,10 @@ def read_checkpoint(path: str) -> dict:
             raise CheckpointError(
                 f'checkpoint {path!r} contains a pickled Python object ({name}) that is not a '
                 'tensor or plain container; it was refused, because unpickling it could run code. '
-                'If you trust the file, re-save only its weights: '
-                "torch.save(torch.load(path, weights_only=False)['state_dict'], new_path)") from exc
+                'An mmengine training checkpoint (work_dirs/.../iter_N.pth) reads once its few '
+                'classes are allow-listed (metaformer_dense.allow_runner_checkpoints(); the '
+                "toolkit's tools do it), and tools/publish_model.py writes its weights alone; for "
+                'another file, ask its author for a weights-only .safetensors or .pth') from exc
         raise CheckpointError(f'{path!r} is not a PyTorch checkpoint (nor safetensors), or it is '
                               'corrupt: its bytes do not parse as one') from exc
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -308,3 +310,19 @@ def split_backbone(state_dict: Mapping[str, Tensor]
         return sd, {}
     backbone = {k[len('backbone.'):]: v for k, v in sd.items() if k.startswith('backbone.')}
     return backbone, {k: v for k, v in sd.items() if not k.startswith('backbone.')}
+
+
+def write_checkpoint(checkpoint: Mapping[str, Any], dst: str) -> None:
+    """Write ``{'meta': ..., 'state_dict': ...}`` as ``.safetensors`` (when ``dst`` ends so; the
+    meta as JSON in its header) or a torch ``.pth``, through a temporary file renamed at the end."""
+    import json
+    os.makedirs(os.path.dirname(os.path.abspath(dst)), exist_ok=True)
+    tmp = f'{dst}.tmp{os.getpid()}'
+    if dst.endswith('.safetensors'):
+        from safetensors.torch import save_file
+        tensors = {k: v.detach().contiguous().clone() for k, v in checkpoint['state_dict'].items()}
+        save_file(tensors, tmp, metadata={
+            'format': 'pt', 'meta': json.dumps(checkpoint.get('meta') or {}, default=str)})
+    else:
+        torch.save(dict(checkpoint), tmp)
+    os.replace(tmp, dst)

@@ -243,8 +243,10 @@ def test_pickle_payload_is_not_executed(tmp_path):
     torch.save({'state_dict': sd, 'meta': {'note': _Payload(str(target))}}, path)
     # backbone Pretrained init: our reader refuses it and names the object
     model = MetaFormerBackbone(init_cfg=dict(type='Pretrained', checkpoint=str(path)))
-    with pytest.raises(CheckpointError, match=r'pickled Python object \((io|builtins).open\).*refused'):
+    with pytest.raises(CheckpointError, match=r'pickled Python object \((io|builtins).open\).*refused') as err:
         model.init_weights()
+    assert 'weights_only=False' not in str(err.value)  # the fix it names is a safe one
+    assert 'tools/publish_model.py' in str(err.value)
     # whole-model loading through mmengine (after the plugins' allow-list is installed)
     import mmdet_plugin  # noqa: F401
     with pytest.raises(Exception, match='Weights only load failed'):

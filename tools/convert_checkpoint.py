@@ -23,8 +23,6 @@ state is not copied. The input is read without unpickling code.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import os.path as osp
 import re
 import sys
@@ -35,7 +33,8 @@ import torch
 
 from metaformer_dense.backbone import MetaFormerBackbone, find_arch, resolve_arch
 from metaformer_dense.checkpoint import (CheckpointError, extract_state_dict, read_checkpoint,
-                                         split_backbone)
+                                         split_backbone, write_checkpoint)
+from metaformer_dense.mmengine_setup import allow_runner_checkpoints
 
 PREFIX = 'backbone.'
 
@@ -78,6 +77,7 @@ def convert(src: str, arch: Optional[str] = None) -> Tuple[dict, List[str]]:
         ValueError: Unknown ``arch``.
         CheckpointError: Unreadable file, unknown layout, or weights that do not fit ``arch``.
     """
+    allow_runner_checkpoints()  # training checkpoints (work_dirs/.../iter_N.pth) read too
     raw = read_checkpoint(src)
     backbone, others = split_backbone(extract_state_dict(raw))
     arch = resolve_arch(arch) if arch else find_arch(backbone)
@@ -125,20 +125,6 @@ def _group_missing(keys: Sequence[str]) -> str:
     return ', '.join(f'{m}.*' for m in modules)
 
 
-def save(checkpoint: dict, dst: str) -> None:
-    """Write ``.safetensors`` (meta as JSON in the header) or a torch ``.pth``, atomically."""
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    tmp = f'{dst}.tmp{os.getpid()}'
-    if dst.endswith('.safetensors'):
-        from safetensors.torch import save_file
-        tensors = {k: v.detach().contiguous().clone() for k, v in checkpoint['state_dict'].items()}
-        save_file(tensors, tmp, metadata={
-            'format': 'pt', 'meta': json.dumps(checkpoint['meta'], default=str)})
-    else:
-        torch.save(checkpoint, tmp)
-    os.replace(tmp, dst)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
     if osp.abspath(args.src) == osp.abspath(args.dst):
@@ -149,7 +135,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         checkpoint, report = convert(args.src, args.arch)
     except ValueError as exc:  # CheckpointError included
         sys.exit(f'error: {exc}')
-    save(checkpoint, args.dst)
+    write_checkpoint(checkpoint, args.dst)
     print('\n'.join(report))
     print(f'wrote {args.dst} ({len(checkpoint["state_dict"])} tensors)')
 
