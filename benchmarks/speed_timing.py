@@ -18,6 +18,7 @@ from torch import nn
 
 from metaformer_dense import MetaFormerBackbone
 from metaformer_dense import cuda_path, fast_path
+from metaformer_dense.cuda_graphs import GraphedInference
 
 from .speed_models import (build_backbones, build_retinanets, check_agreement, check_gradients,
                            max_diff)
@@ -176,7 +177,7 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
                    device: torch.device, progress) -> dict:
     """Default vs ``compile=True`` vs bf16 autocast, forward; on CPU vs the unfused MLP, where the
     CUDA path runs (:func:`metaformer_dense.cuda_path.wanted`) vs torch's norms and each block
-    rewrite."""
+    rewrite; on CUDA the forward replayed from a CUDA graph."""
     base = build_backbones(arch, ['toolkit'])['toolkit'].to(device).eval()
     state = base.state_dict()
     compiled = MetaFormerBackbone(arch, compile=True).to(device).eval()
@@ -213,6 +214,11 @@ def bench_switches(arch: str, size: Tuple[int, int], repeats: int, warmup: int,
                     cuda_path.block_options(**options):
                 diffs[name] = max_diff(base(x), ref)[0]
             fns[name] = run_variant
+    if device.type == 'cuda':  # the forward replayed from a CUDA graph (cuda_graphs)
+        graphed = GraphedInference(base)
+        with torch.no_grad():
+            diffs['cuda graph'] = max_diff(graphed(x), ref)[0]
+        fns['cuda graph'] = lambda: run_forward(graphed, x, None)
     if device.type == 'cpu':  # what the CPU path's oneDNN-fused fc1 + GELU buys (fast_path)
         def run_unfused():
             with unfused_mlp():

@@ -228,3 +228,36 @@ def test_cuda_path_under_bf16_autocast_keeps_torchs_dtypes():
     for g, r in zip(got, ref):
         assert g.dtype == r.dtype
         torch.testing.assert_close(g.float(), r.float(), rtol=5e-2, atol=5e-2)
+
+
+def test_cuda_graph_inference_replays_eager_numbers():
+    from metaformer_dense.cuda_graphs import GraphedInference
+    saved = _no_tf32()
+    try:
+        model = _randomised('poolformer_s12').cuda().eval()
+        fast = GraphedInference(model)
+        x1 = torch.randn(1, 3, 256, 320, device='cuda')
+        x2 = torch.randn(1, 3, 256, 320, device='cuda')
+        with torch.no_grad():
+            assert fast.replayable(x1)
+            ref1, ref2 = model(x1), model(x2)
+            got1 = fast(x1)          # captures
+            got2 = fast(x2)          # replays; got1 must not change
+            for g, r in zip(got1 + got2, ref1 + ref2):
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+            assert len(fast._graphs) == 1
+            with torch.autocast('cuda', dtype=torch.bfloat16):
+                amp_ref, amp_got = model(x1), fast(x1)
+            for g, r in zip(amp_got, amp_ref):
+                assert g.dtype == r.dtype
+                torch.testing.assert_close(g.float(), r.float(), rtol=1e-2, atol=1e-2)
+            assert len(fast._graphs) == 2  # autocast is another signature
+            with torch.no_grad():  # weights updated in place are read by the replay
+                for p in model.parameters():
+                    p.mul_(1.01)
+            for g, r in zip(fast(x1), model(x1)):
+                torch.testing.assert_close(g, r, rtol=1e-5, atol=1e-5)
+        out = fast(x1)  # gradients enabled: the module itself, with autograd
+        assert all(o.requires_grad for o in out)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved

@@ -12,8 +12,9 @@
 # The record of the run goes to benchmarks/results/gpu_check.md.
 #
 # `make gpu-quick` (STEPS="norm-tests profile backbone-speed") needs no mmcv, so no 4-6 minute
-# build: the CUDA path's tests (tests/test_gpu.py -k "group_norm1 or cuda_path", then
-# tests/test_group_norm.py and tests/test_cuda_path.py), the kernel-table profile
+# build: the CUDA path's tests (tests/test_gpu.py -k "group_norm1 or cuda_path or cuda_graph",
+# then tests/test_group_norm.py, tests/test_cuda_path.py and tests/test_cuda_graphs.py), the
+# kernel-table profile
 # (benchmarks/studies/profile_norms.py -> benchmarks/studies/results/profile_norms_cuda.{md,json})
 # and the backbone speed comparison without the detector (benchmarks/speed.py: S12 and M48 at
 # 800x1216, batch 1 forward, batch 2 forward+backward, fp32 and bf16 autocast, mmpretrain where it
@@ -110,9 +111,10 @@ if has_step speed; then
 fi
 if has_step norm-tests; then
   log "the CUDA path's tests: group_norm1 and the backbone on CUDA, then its CPU tests"
-  "$PY" -m pytest tests/test_gpu.py -k "group_norm1 or cuda_path" -q -ra -p no:cacheprovider \
-    2>&1 | tee "$VENV/norm_tests.log" || status=1
-  "$PY" -m pytest tests/test_group_norm.py tests/test_cuda_path.py -q -ra -p no:cacheprovider \
+  "$PY" -m pytest tests/test_gpu.py -k "group_norm1 or cuda_path or cuda_graph" -q -ra \
+    -p no:cacheprovider 2>&1 | tee "$VENV/norm_tests.log" || status=1
+  "$PY" -m pytest tests/test_group_norm.py tests/test_cuda_path.py tests/test_cuda_graphs.py \
+    -q -ra -p no:cacheprovider \
     2>&1 | tee -a "$VENV/norm_tests.log" || status=1
 fi
 if has_step profile; then
