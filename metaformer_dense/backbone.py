@@ -22,7 +22,7 @@ from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from torch import nn
 
-from . import cuda_path, fast_path, lean_training, mixers, weights_fit
+from . import cuda_path, fast_path, group_norm, lean_training, mixers, weights_fit
 from .baselines import BASELINE_ARCHS, build_baseline, is_baseline
 from .checkpoint import convert_state_dict, extract_state_dict, read_checkpoint, split_backbone
 from .compile_guard import CheckedCompile
@@ -315,7 +315,7 @@ class MetaFormerBackbone(BaseModule):
             if i in self.out_indices:
                 norm = self.out_norms[str(i)]
                 # Consumers (FPN, mmcv's CPU RoIAlign, ...) get plain NCHW tensors.
-                outs.append((cuda_path.norm_forward(norm, x) if spread else norm(x)).contiguous())
+                outs.append((group_norm.norm_forward(norm, x) if spread else norm(x)).contiguous())
         return tuple(outs)
 
     @staticmethod

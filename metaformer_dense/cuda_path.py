@@ -1,10 +1,10 @@
 """CUDA execution of timm MetaFormer stages: timm's blocks with ``GroupNorm(1, C)`` spread out.
 
 :class:`~metaformer_dense.backbone.MetaFormerBackbone` runs PoolFormer v1/v2 stages through
-:func:`stage_forward` and its output norms through :func:`norm_forward` on the device types in
-:data:`DEVICE_TYPES` (CUDA), where torch's own ``group_norm`` computes each sample's statistics in
-one thread block (:mod:`metaformer_dense.group_norm`). Each block is timm's
-``MetaFormerBlock.forward`` with ``norm1`` / ``norm2`` computed by
+:func:`stage_forward` (and its output norms through
+:func:`metaformer_dense.group_norm.norm_forward`) on the device types in :data:`DEVICE_TYPES`
+(CUDA), where torch's own ``group_norm`` computes each sample's statistics in one thread block
+(:mod:`metaformer_dense.group_norm`). Each block is timm's ``MetaFormerBlock.forward`` with ``norm1`` / ``norm2`` computed by
 :func:`~metaformer_dense.group_norm.group_norm1` from the modules' own parameters: the module tree,
 the state dict and checkpoints are timm's. Stages with other norms (ConvFormer's and CAFormer's
 per-pixel LayerNorms) run as timm's modules. On CPU ``F.group_norm`` is faster than the generic
@@ -43,7 +43,7 @@ from .group_norm import is_group_norm1, norm_forward
 from .mixers import call_mixer
 
 __all__ = ['DEVICE_TYPES', 'used_on', 'wanted', 'stage_supported', 'stage_forward',
-           'block_forward', 'norm_forward', 'block_options', 'OPTIONS']
+           'block_forward', 'block_options', 'OPTIONS']
 
 #: Device types on which the backbone takes this path (``torch.device(...).type`` strings).
 DEVICE_TYPES: Set[str] = {'cuda'}
