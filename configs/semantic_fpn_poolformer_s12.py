@@ -15,6 +15,8 @@ _base_ = [
     'mmseg::_base_/schedules/schedule_40k.py',
 ]
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
+# mmseg's visualizer, made to draw on any image layout (mmseg's browse_dataset.py needs it)
+visualizer = dict(type='ContiguousSegLocalVisualizer')
 
 crop_size = (512, 512)
 model = dict(

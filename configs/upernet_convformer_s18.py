@@ -22,6 +22,8 @@ CKPT --tta`` runs the multi-scale + flip test ("MS" in the paper).
 """
 _base_ = 'mmseg::swin/swin-tiny-patch4-window7-in1k-pre_upernet_8xb2-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['mmseg_plugin'], allow_failed_imports=False)
+# mmseg's visualizer, made to draw on any image layout (mmseg's browse_dataset.py needs it)
+visualizer = dict(type='ContiguousSegLocalVisualizer')
 
 # The one place the widths of the 64-128-320-512 MetaFormers are written (others override it).
 backbone_out_channels = [64, 128, 320, 512]
