@@ -14,7 +14,9 @@ def randomized(arch: str, seed: int = 1, **kw) -> MetaFormerBackbone:
     The ImageNet init leaves layer scales at 1e-5, which makes the blocks nearly inert: a
     wrongly computed block would then hide behind float rounding.
     """
-    model = MetaFormerBackbone(arch, **kw)
+    with torch.random.fork_rng(devices=[]):  # the same model every run (RandFormer's mixing
+        torch.manual_seed(seed)               # matrices and the inits draw from the global RNG)
+        model = MetaFormerBackbone(arch, **kw)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():

@@ -3,8 +3,11 @@ detectors and segmentors in tensor mode, compute what eager computes.
 
 Each graph is made at one input size and run at that size and at another, against the eager
 backbone on the same input. The ImageNet init would hide wrong blocks (layer scales of 1e-5), so
-the weights are randomized. Tolerance: 1e-4 absolute and relative (the recorded graphs run the
-same operations; what differs is float rounding, about 1e-5 here).
+the weights are randomized. The recorded graphs run the same operations; what differs is float
+rounding. Tolerance: 1e-4 relative, and 1e-4 absolute times the output's largest magnitude (at
+least 1e-4): float32 rounding grows with the scale of the activations, which the randomized
+weights push into the tens in the late stages, and ONNX Runtime's matmuls sum in another order
+than torch's. A wrongly recorded block differs by orders of magnitude more.
 """
 import onnxruntime as ort
 import pytest
@@ -16,7 +19,7 @@ from metaformer_dense import fast_path
 from conftest import REPO, load_script
 
 TRACED, OTHER = (64, 96), (96, 128)  # (H, W): the size a graph is made at, and another
-TOL = dict(atol=1e-4, rtol=1e-4)
+RTOL = 1e-4
 
 
 def _image(hw, seed):
@@ -33,7 +36,9 @@ def _assert_matches(outs, expected, what):
     for i, (o, e) in enumerate(zip(outs, expected)):
         o = torch.as_tensor(o)
         assert o.shape == e.shape, f'{what}, output {i}'
-        torch.testing.assert_close(o, e, **TOL, msg=lambda m: f'{what}, output {i}: {m}')
+        atol = 1e-4 * max(1.0, e.abs().max().item())
+        torch.testing.assert_close(o, e, rtol=RTOL, atol=atol,
+                                   msg=lambda m: f'{what}, output {i}: {m}')
 
 
 @pytest.fixture
