@@ -57,7 +57,8 @@ def test_detection_on_a_coco_format_folder(tmp_path):
     work = tmp_path / 'work'
     small = f'({SIZE},{SIZE})'
     train(config, work, 'model.backbone.init_cfg=None', 'train_cfg.max_epochs=1',
-          'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+          'train_dataloader.batch_size=2', 'train_dataloader.num_workers=0',
+          'train_dataloader.persistent_workers=False',
           'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False',
           f'train_dataloader.dataset.pipeline.2.scale={small}',
           f'val_dataloader.dataset.pipeline.1.scale={small}',
