@@ -6,6 +6,7 @@ imports one as a module so that tests can call its functions in-process, and
 """
 import importlib
 import importlib.util
+import json
 import math
 import os
 import signal
@@ -103,6 +104,15 @@ def demo_error(*argv) -> str:
         load_script('demo/image_demo').main([str(a) for a in argv])
     assert isinstance(exc.value.code, str), exc.value.code  # a message, not a bare exit code
     return exc.value.code
+
+
+def metrics_of(work_dir: Path) -> dict:
+    """The metrics mmengine wrote for the last evaluation under ``work_dir``."""
+    records = []
+    for path in sorted(work_dir.glob('*/vis_data/scalars.json')) + \
+            sorted(work_dir.glob('*/*.json')):
+        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return {k: v for r in records for k, v in r.items()}
 
 
 def reported_metric(metrics: Mapping[str, float], key: str) -> float:

@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from conftest import REPO, reported_metric, run_script
+from conftest import REPO, metrics_of, reported_metric, run_script
 from metaformer_dense import allow_runner_checkpoints, read_checkpoint
 from user_datasets import (DET_CLASSES, SEG_CLASSES, SEG_SMALL, SIZE, page_config, user_tree,
                            write_coco_folder, write_seg_folder)
@@ -29,12 +29,6 @@ def runner_checkpoint(path: Path) -> dict:
     """A tools/train.py checkpoint, read as the toolkit's tools read it (no code from the file)."""
     allow_runner_checkpoints()
     return read_checkpoint(path)
-
-
-def last_metrics(work_dir: Path) -> dict:
-    (scalars,) = work_dir.glob('*/vis_data/scalars.json')
-    records = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
-    return {k: v for record in records for k, v in record.items()}
 
 
 def test_page_configs_are_a_few_lines_on_the_toolkits_configs():
@@ -69,7 +63,7 @@ def test_detection_on_a_coco_format_folder(tmp_path):
     assert state['meta']['dataset_meta']['classes'] == DET_CLASSES
     log = '\n'.join(p.read_text() for p in work.glob('*/*.log'))
     assert 'Epoch(train) [1][2/2]' in log  # the 4 train images at batch 2: every box kept
-    reported_metric(last_metrics(work), 'coco/bbox_mAP')
+    reported_metric(metrics_of(work), 'coco/bbox_mAP')
 
 
 def test_segmentation_on_a_folder_of_images_and_label_pngs(tmp_path):
@@ -80,7 +74,7 @@ def test_segmentation_on_a_folder_of_images_and_label_pngs(tmp_path):
     state = runner_checkpoint(work / 'iter_2.pth')
     assert state['state_dict']['decode_head.conv_seg.weight'].shape[0] == len(SEG_CLASSES)
     assert tuple(state['meta']['dataset_meta']['classes']) == SEG_CLASSES
-    metrics = last_metrics(work)
+    metrics = metrics_of(work)
     reported_metric(metrics, 'mIoU')
     # the per-class IoU table names every class of the page's metainfo
     log = '\n'.join(p.read_text() for p in work.glob('*/*.log'))

@@ -7,7 +7,6 @@ runs the multi-scale + flip test of a segmentor and a detector on the checkpoint
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import subprocess
@@ -22,7 +21,7 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from benchmarks.published import UPERNET_ADE20K
-from conftest import REPO, reported_metric
+from conftest import REPO, metrics_of, reported_metric
 
 CONFIGS = REPO / 'configs'
 ARCHS = ['poolformer_s12', 'poolformer_s24', 'poolformer_s36', 'poolformer_m36',
@@ -130,15 +129,6 @@ def run_tool(*args) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f'{args} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}'
     return proc
-
-
-def metrics_of(work_dir: Path) -> dict:
-    """The metrics mmengine wrote for the last evaluation under ``work_dir``."""
-    records = []
-    for path in sorted(work_dir.glob('*/vis_data/scalars.json')) + \
-            sorted(work_dir.glob('*/*.json')):
-        records += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return {k: v for r in records for k, v in r.items()}
 
 
 def ran_model(work_dir: Path) -> Config:
